@@ -1,0 +1,44 @@
+"""Calibration text: a file (one sample per blank-line-separated paragraph) or a list of strings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from floe.quant.errors import EmptyCalibrationError, QuantError
+
+
+def load_texts(calibration: str | Path | list[str] | None) -> list[str] | None:
+    """Normalise the user's calibration argument; ``None`` stays ``None``."""
+    if calibration is None:
+        return None
+    if isinstance(calibration, (str, Path)) and not isinstance(calibration, list):
+        path = Path(calibration)
+        if not path.is_file():
+            raise QuantError(f"calibration file not found: {path}")
+        raw = path.read_text(encoding="utf-8")
+        texts = [p.strip() for p in raw.split("\n\n")]
+    else:
+        texts = [str(t).strip() for t in calibration]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise EmptyCalibrationError("the calibration set is empty (no non-blank text)")
+    return texts
+
+
+def token_batches(tokenizer, texts: list[str], seq_len: int, max_samples: int) -> torch.Tensor:
+    """Concatenate the texts, cut into ``[n, seq_len]`` token windows (n <= max_samples)."""
+    ids: list[int] = []
+    for t in texts:
+        ids += tokenizer(t)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        if len(ids) >= seq_len * max_samples:
+            break
+    n = min(max_samples, len(ids) // seq_len)
+    if n == 0:
+        if not ids:
+            raise EmptyCalibrationError("the calibration set tokenizes to nothing")
+        return torch.tensor([ids], dtype=torch.long)
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
