@@ -1,0 +1,45 @@
+"""LoRA adapters: plain PEFT directories, applied per request by vLLM's multi-LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from floe.adapters.base import AdapterInfo, AdapterKind, EngineLimits, InvalidAdapter, register_kind
+
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+@register_kind
+class LoRAKind(AdapterKind):
+    name = "lora"
+    capability = "generate"
+
+    def inspect(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
+        config_path = directory / "adapter_config.json"
+        if not config_path.is_file():
+            raise InvalidAdapter("a LoRA adapter needs adapter_config.json (PEFT format)", param="source")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidAdapter(f"adapter_config.json is not valid JSON: {exc}", param="source") from exc
+        peft_type = str(config.get("peft_type", "")).upper()
+        if peft_type != "LORA":
+            raise InvalidAdapter(f"peft_type is {peft_type or 'missing'!r}; only LORA is served", param="source")
+        rank = config.get("r")
+        if not isinstance(rank, int) or rank <= 0:
+            raise InvalidAdapter("adapter_config.json: `r` must be a positive integer", param="source")
+        if rank > limits.max_lora_rank:
+            raise InvalidAdapter(
+                f"LoRA rank {rank} exceeds the engine's max_lora_rank {limits.max_lora_rank}",
+                param="source",
+            )
+        if not any((directory / f).is_file() for f in _WEIGHT_FILES):
+            raise InvalidAdapter(f"no weights: expected one of {_WEIGHT_FILES}", param="source")
+        manifest = self.read_manifest(directory)
+        return AdapterInfo(
+            kind=self.name, capability=self.capability,
+            base_model=manifest.get("base_model") or config.get("base_model_name_or_path"),
+            version=manifest.get("version"),
+            details={"rank": rank, "target_modules": config.get("target_modules")},
+        )

@@ -1,0 +1,52 @@
+"""`build_app`: the Ray Serve application. Also the import path KubeRay's RayService uses:
+
+    applications:
+      - name: floe
+        import_path: floe.server.app:build_app
+        args: {model: {path: /models/llama}, engine: {max_model_len: 4096}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from floe.server.config import FloeConfig
+from floe.server.engine.llm_server import llm_server_class
+from floe.server.gateway.deployment import Gateway
+from floe.server.models import resolve_base_model
+from floe.server.registry.deployment import RegistryServer
+
+
+def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
+    config = args if isinstance(args, FloeConfig) else FloeConfig(**(args or {}))
+    _, base_name = resolve_base_model(config)
+    data = config.dump_for_deploy()
+    dep = config.deployment
+
+    registry = serve.deployment(
+        RegistryServer, name="AdapterRegistry", num_replicas=1,
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096,
+    ).bind(data, base_name)
+
+    engine_options: dict[str, Any] = {
+        "name": "LLMServer",
+        "ray_actor_options": {"num_cpus": dep.engine_num_cpus, "num_gpus": dep.engine_num_gpus},
+        "max_ongoing_requests": dep.max_ongoing_requests,
+        "max_queued_requests": dep.max_queued_requests,
+        "health_check_period_s": 10, "graceful_shutdown_timeout_s": 30,
+    }
+    if dep.autoscaling:
+        engine_options["autoscaling_config"] = dep.autoscaling
+    else:
+        engine_options["num_replicas"] = dep.engine_replicas
+    engine_cls = llm_server_class(config.adapters.max_loaded_per_replica)
+    engine = serve.deployment(engine_cls, **engine_options).bind(data, registry)
+
+    return serve.deployment(
+        Gateway, name="Gateway", num_replicas=dep.gateway_replicas,
+        ray_actor_options={"num_cpus": dep.gateway_num_cpus},
+        max_ongoing_requests=max(config.http.max_in_flight * 2, 100),
+    ).bind(data, base_name, engine, registry)

@@ -1,0 +1,167 @@
+"""The `floe` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(help="floe: serve frozen models as APIs, adapters hot-swapped per request.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Built-in models.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Manage adapters on a running server.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(adapters_app, name="adapters")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Option(None, help="Hugging Face-format model directory (default: built-in)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+    host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Listen port (default 8000)."),
+    adapter_root: list[Path] = typer.Option([], "--adapter-root", help="Allowed adapter source root (repeatable)."),
+    api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable)."),
+    admin_key: Optional[str] = typer.Option(None, help="Key required for the adapter API."),
+    engine_replicas: Optional[int] = typer.Option(None, help="LLMServer replicas."),
+    max_model_len: Optional[int] = typer.Option(None, help="Context length."),
+    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster instead of starting one."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance."),
+) -> None:
+    """Start the OpenAI-compatible server (Ray Serve gateway + vLLM engine)."""
+    from pydantic import ValidationError
+
+    from floe.server.config import load_config
+    from floe.server.launcher import StartupError, serve_forever
+
+    overrides: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None or value == []:
+            return
+        node = overrides
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+
+    put("model.path", str(model) if model else None)
+    put("http.host", host)
+    put("http.port", port)
+    put("adapters.roots", [str(p) for p in adapter_root])
+    put("auth.api_keys", api_key)
+    put("auth.admin_key", admin_key)
+    put("deployment.engine_replicas", engine_replicas)
+    put("engine.max_model_len", max_model_len)
+    put("ray.address", ray_address)
+    put("ray.num_cpus", num_cpus)
+    try:
+        cfg = load_config(config, overrides)
+    except (ValidationError, ValueError, OSError) as exc:
+        _fail(f"invalid configuration: {exc}")
+    try:
+        serve_forever(cfg, progress=lambda msg: console.print(
+            "[bold cyan]floe[/bold cyan] " + escape(msg), soft_wrap=True, highlight=False))
+    except StartupError as exc:
+        _fail(str(exc))
+
+
+@models_app.command("prepare")
+def models_prepare(name: str = typer.Option("floe-tiny-chat", help="Built-in model to build.")) -> None:
+    """Build a built-in model offline (once) and print its directory."""
+    from floe.server.models.builtin import BUILTIN_MODELS, prepare
+
+    if name not in BUILTIN_MODELS:
+        _fail(f"unknown built-in model {name!r}; built-in: {', '.join(sorted(BUILTIN_MODELS))}")
+    with console.status(f"building {name}..."):
+        path = prepare(name)
+    print(path)
+
+
+def _admin_client(url: str, key: Optional[str]):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=600)
+
+
+def _show(response) -> None:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text}}
+    if response.status_code >= 400:
+        _fail(f"{response.status_code}: {body.get('error', {}).get('message', body)}")
+    print(json.dumps(body, indent=2))
+
+
+_URL = typer.Option(os.environ.get("FLOE_URL", "http://127.0.0.1:8000"), "--url", help="Server URL ($FLOE_URL).")
+_KEY = typer.Option(os.environ.get("FLOE_ADMIN_KEY"), "--admin-key", help="Admin key ($FLOE_ADMIN_KEY).")
+
+
+@adapters_app.command("add")
+def adapters_add(name: str, source: str, url: str = _URL, admin_key: Optional[str] = _KEY) -> None:
+    """Register (or replace) adapter NAME from SOURCE, a directory under an allowed root."""
+    import httpx
+
+    try:
+        with _admin_client(url, admin_key) as client:
+            source_path = Path(source).expanduser()
+            _show(client.post("/v1/adapters", json={
+                "name": name, "source": str(source_path.resolve()) if source_path.exists() else source}))
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+
+
+@adapters_app.command("list")
+def adapters_list(url: str = _URL, admin_key: Optional[str] = _KEY) -> None:
+    """List registered adapters."""
+    import httpx
+
+    try:
+        with _admin_client(url, admin_key) as client:
+            _show(client.get("/v1/adapters"))
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+
+
+@adapters_app.command("rm")
+def adapters_rm(name: str, url: str = _URL, admin_key: Optional[str] = _KEY) -> None:
+    """Remove adapter NAME; waits for its in-flight requests to finish."""
+    import httpx
+
+    try:
+        with _admin_client(url, admin_key) as client:
+            _show(client.delete(f"/v1/adapters/{name}"))
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+
+
+def _mount_plugins() -> None:
+    """Commands of the other floe packages (quantize / prune), when installed."""
+    try:
+        from floe.quant.cli import register
+    except ImportError:
+        return
+    register(app)
+
+
+def main() -> None:
+    _mount_plugins()
+    app(prog_name="floe")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

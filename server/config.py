@@ -1,0 +1,158 @@
+"""floe's one typed configuration tree.
+
+Sources, later ones winning: defaults < YAML file (`floe serve --config`) < environment
+(`FLOE_...`, nested with `__`, e.g. `FLOE_ENGINE__MAX_MODEL_LEN=4096`) < command-line flags.
+Environment variables are read here and nowhere else. Config objects never do I/O beyond
+`load_config`, which reads the YAML file it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelConfig(BaseModel):
+    """The frozen base model a replica serves."""
+
+    path: Path | None = Field(None, description="Hugging Face-format directory; None = built-in model.")
+    builtin: str = Field("floe-tiny-chat", description="Built-in model used when `path` is None.")
+    name: str | None = Field(None, description="Name clients use in `model`; default: directory name.")
+
+
+class EngineConfig(BaseModel):
+    """vLLM engine options. `engine_args` passes any other vLLM EngineArgs field through."""
+
+    dtype: str = "auto"
+    max_model_len: int | None = Field(2048, gt=0)
+    max_num_seqs: int = Field(64, gt=0)
+    kv_cache_memory_bytes: int | None = Field(256 * 2**20, gt=0, description="KV cache size; required on CPU.")
+    enforce_eager: bool = Field(True, description="Skip torch.compile / graphs: faster start, slower decode.")
+    enable_prefix_caching: bool | None = None
+    max_loras: int = Field(4, gt=0, description="Adapters active in one engine batch.")
+    max_lora_rank: int = Field(64, gt=0)
+    max_cpu_loras: int | None = Field(None, gt=0)
+    seed: int = 0
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="Passthrough to vLLM EngineArgs.")
+
+
+class DeploymentConfig(BaseModel):
+    """Ray Serve placement. Replica counts and CPUs are options here, never code."""
+
+    engine_replicas: int = Field(1, ge=1)
+    engine_num_cpus: float = Field(1.0, gt=0)
+    engine_num_gpus: float = Field(0.0, ge=0)
+    gateway_replicas: int = Field(1, ge=1)
+    gateway_num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(256, gt=0, description="Per engine replica, before Serve queues.")
+    max_queued_requests: int = Field(512, ge=-1, description="Serve's queue bound; beyond it: 429.")
+    autoscaling: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config for the engine.")
+
+
+class HttpConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(8 * 2**20, gt=0, description="Larger request bodies get 413.")
+    max_in_flight: int = Field(256, gt=0, description="Per gateway replica; more gets 429.")
+    ready_timeout_s: float = Field(5.0, gt=0)
+
+
+class AuthConfig(BaseModel):
+    api_keys: list[SecretStr] = Field(default_factory=list, description="Empty: no key required.")
+    admin_key: SecretStr | None = Field(None, description="Required for /v1/adapters writes when set.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [k for k in value.split(",") if k] if isinstance(value, str) else value
+
+
+class AdapterConfig(BaseModel):
+    roots: list[Path] = Field(default_factory=list, description="Allowed source roots for adapters.")
+    max_loaded_per_replica: int = Field(8, gt=0, description="LRU size of loaded adapters per replica.")
+    drain_timeout_s: float = Field(300.0, ge=0, description="How long DELETE waits for in-flight requests.")
+    state_dir: Path | None = Field(None, description="Snapshots of registered adapters; default under the cache.")
+
+
+class RayConfig(BaseModel):
+    address: str | None = Field(None, description="Existing cluster (`auto`, `ray://...`); None = start locally.")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of a locally started Ray; default: all.")
+    app_name: str = "floe"
+
+
+class FloeConfig(BaseSettings):
+    """Everything `floe serve` needs. Validated once, then passed down as a whole."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOE_", env_nested_delimiter="__", extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    adapters: AdapterConfig = Field(default_factory=AdapterConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    cache_dir: Path | None = Field(None, description="Built-in models and adapter snapshots; default ~/.cache/floe.")
+
+    @model_validator(mode="after")
+    def _placement_fits(self) -> "FloeConfig":
+        cpus = self.ray.num_cpus
+        need = self.deployment.engine_replicas * self.deployment.engine_num_cpus
+        if self.ray.address is None and cpus is not None and need > cpus:
+            raise ValueError(
+                f"{self.deployment.engine_replicas} engine replicas x {self.deployment.engine_num_cpus} "
+                f"CPUs need {need} CPUs but Ray has {cpus}: Serve would wait forever"
+            )
+        return self
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        from floe.server.models.builtin import cache_root
+
+        return cache_root()
+
+    def resolved_state_dir(self) -> Path:
+        return self.adapters.state_dir or self.resolved_cache_dir() / "adapters"
+
+    def dump_for_deploy(self) -> dict[str, Any]:
+        """JSON-able form with secrets revealed: what Ray ships to replicas."""
+        data = self.model_dump(mode="json")
+        data["auth"]["api_keys"] = [k.get_secret_value() for k in self.auth.api_keys]
+        if self.auth.admin_key is not None:
+            data["auth"]["admin_key"] = self.auth.admin_key.get_secret_value()
+        return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> FloeConfig:
+    """Build the config from an optional YAML file, the environment and explicit overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the top level must be a mapping")
+        data = loaded
+    data = _deep_merge(data, overrides or {})
+    # NOTE: pydantic-settings gives init kwargs priority over the environment; the YAML file
+    # must lose to the environment, so environment values are merged over it here.
+    env_only = FloeConfig().model_dump(exclude_defaults=True) if _has_env() else {}
+    return FloeConfig(**_deep_merge(_deep_merge(data, env_only), overrides or {}))
+
+
+def _has_env() -> bool:
+    return any(key.startswith("FLOE_") for key in os.environ)

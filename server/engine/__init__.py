@@ -1,0 +1,1 @@
+"""Engines. vLLM is imported only inside this package (DESIGN.md)."""

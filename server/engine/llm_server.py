@@ -1,0 +1,174 @@
+"""LLMServer: the Ray Serve deployment that owns one vLLM engine and its loaded adapters.
+
+One replica holds the frozen base once; every adapter on it shares those weights. Ray Serve
+model multiplexing (`multiplexed_model_id` = the adapter version's `model_id`) routes a
+request to a replica that already holds its adapter, and keeps an LRU of them per replica.
+An adapter leaves the engine only when no request on this replica still uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from floe.server.config import FloeConfig
+from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
+from floe.server.engine.protocol import Engine
+from floe.server.registry import AdapterRef, snapshots
+
+log = logging.getLogger("floe.llm_server")
+
+SYNC_INTERVAL_S = 2.0
+
+
+class AdapterSlot:
+    """A multiplexed adapter on this replica. Serve calls `__del__` when its LRU evicts it."""
+
+    def __init__(self, server: "LLMServer", ref: AdapterRef) -> None:
+        self.server, self.ref = server, ref
+        self._loop = asyncio.get_running_loop()
+        self._evicted = False
+
+    def __del__(self) -> None:
+        # NOTE: Serve runs a sync __del__ in a worker thread; the unload itself must run on
+        # the replica's event loop, and only once (Python calls __del__ again at collection).
+        if self._evicted:
+            return
+        self._evicted = True
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.server.retire, self.ref.model_id)
+
+
+class LLMServer:
+    """Base class; `llm_server_class` adds the multiplexed loader with the configured LRU size."""
+
+    async def __init__(self, config: dict[str, Any], registry: Any, engine: Engine | None = None) -> None:
+        from floe.server.models import resolve_base_model
+
+        self._config = FloeConfig(**config)
+        self._registry = registry
+        model_dir, served_name = resolve_base_model(self._config)
+        if engine is None:
+            from floe.server.engine.vllm_engine import VLLMEngine
+
+            engine = VLLMEngine(self._config.engine, model_dir, served_name)
+        self._engine = engine
+        await self._engine.start()
+        self._inflight: Counter[str] = Counter()
+        self._loaded: set[str] = set()  # model_ids present in the engine
+        self._retiring: set[str] = set()  # unload once their last request ends
+        self._state_dir = self._config.resolved_state_dir()
+        self._sync = asyncio.create_task(self._sync_loop())
+
+    # -- request path -------------------------------------------------------------------
+    async def openai(self, request: OpenAICall) -> AsyncIterator[ResponseHead | str]:
+        model_id = request.adapter_id
+        if model_id is None:
+            async for item in self._engine.openai(request):
+                yield item
+            return
+        self._inflight[model_id] += 1
+        try:
+            await self.get_adapter(model_id)
+            await self._ensure_loaded(model_id)
+            async for item in self._engine.openai(request):
+                yield item
+        finally:
+            self._release(model_id)
+
+    async def warm(self, model_id: str) -> None:
+        """Load an adapter now (used by registration to validate it in a real engine)."""
+        self._inflight[model_id] += 1
+        try:
+            await self.get_adapter(model_id)
+            await self._ensure_loaded(model_id)
+        finally:
+            self._release(model_id)
+
+    async def get_adapter(self, model_id: str) -> AdapterSlot:  # replaced by the multiplexed one
+        raise NotImplementedError
+
+    async def _load_slot(self, model_id: str) -> AdapterSlot:
+        ref: AdapterRef = await self._registry.version.remote(model_id)
+        slot = AdapterSlot(self, ref)
+        await self._ensure_loaded(model_id, ref)
+        return slot
+
+    async def _ensure_loaded(self, model_id: str, ref: AdapterRef | None = None) -> None:
+        self._retiring.discard(model_id)
+        if model_id in self._loaded:
+            return
+        ref = ref or await self._registry.version.remote(model_id)
+        path = Path(ref.path)
+        if not path.is_dir():  # another node registered it: fetch the verified bytes
+            files = await self._registry.read_files.remote(model_id)
+            path = await asyncio.to_thread(snapshots.materialize, files, ref.version, self._state_dir)
+        await self._engine.load_adapter(ref, str(path))
+        self._loaded.add(model_id)
+
+    def retire(self, model_id: str) -> None:
+        """Unload when idle: now, or when the last in-flight request on it ends."""
+        if model_id not in self._loaded:
+            return
+        self._retiring.add(model_id)
+        if not self._inflight[model_id]:
+            asyncio.ensure_future(self._unload(model_id))
+
+    def _release(self, model_id: str) -> None:
+        self._inflight[model_id] -= 1
+        if self._inflight[model_id] <= 0:
+            del self._inflight[model_id]
+            if model_id in self._retiring:
+                asyncio.ensure_future(self._unload(model_id))
+
+    async def _unload(self, model_id: str) -> None:
+        if model_id not in self._retiring or self._inflight[model_id]:
+            return
+        self._retiring.discard(model_id)
+        self._loaded.discard(model_id)
+        await self._engine.unload_adapter(model_id)
+        log.info("unloaded adapter %s", model_id)
+
+    async def _sync_loop(self) -> None:
+        """Retire adapters the registry no longer serves (deleted, or replaced by a new version)."""
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL_S)
+            try:
+                live = await self._registry.live_model_ids.remote()
+            except Exception:  # registry restarting: try again next round
+                log.debug("adapter sync skipped", exc_info=True)
+                continue
+            for model_id in list(self._loaded - live):
+                self.retire(model_id)
+
+    # -- operations ---------------------------------------------------------------------
+    async def ready(self) -> bool:
+        return True
+
+    async def stats(self) -> EngineStats:
+        return await self._engine.stats()
+
+    async def metrics_text(self) -> str:
+        return self._engine.metrics_text()
+
+    async def __del__(self) -> None:
+        self._sync.cancel()
+        await self._engine.shutdown()
+
+
+def llm_server_class(max_loaded_adapters: int) -> type[LLMServer]:
+    """LLMServer with a multiplexed adapter loader holding at most `max_loaded_adapters`."""
+
+    class MultiplexedLLMServer(LLMServer):
+        @serve.multiplexed(max_num_models_per_replica=max_loaded_adapters)
+        async def get_adapter(self, model_id: str) -> AdapterSlot:
+            return await self._load_slot(model_id)
+
+    MultiplexedLLMServer.__name__ = MultiplexedLLMServer.__qualname__ = "LLMServer"
+    return MultiplexedLLMServer

@@ -1,0 +1,160 @@
+"""The vLLM engine of an LLMServer replica, served through vLLM's own OpenAI layer.
+
+vLLM's serving classes (chat templates, sampling parameters, tool and reasoning parsers,
+structured output, SSE framing) are built exactly as `vllm serve` builds them, from the same
+command-line arguments that `vllm_cli_args` derives from floe's config; the benchmark hands
+the same arguments to vLLM's own server, so both run the same engine settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from pydantic import BaseModel, ValidationError
+
+from floe.adapters.base import InvalidAdapter
+from floe.server.config import EngineConfig
+from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
+from floe.server.registry import AdapterRef
+
+log = logging.getLogger("floe.engine.vllm")
+
+
+def vllm_cli_args(engine: EngineConfig, model_dir: Path, served_name: str) -> list[str]:
+    """`vllm serve` arguments equivalent to floe's engine config (one source for both)."""
+    args = ["--model", str(model_dir), "--served-model-name", served_name,
+            "--dtype", engine.dtype, "--max-num-seqs", str(engine.max_num_seqs),
+            "--seed", str(engine.seed), "--enable-lora", "--max-loras", str(engine.max_loras),
+            "--max-lora-rank", str(engine.max_lora_rank)]
+    options: dict[str, Any] = {
+        "max_model_len": engine.max_model_len, "kv_cache_memory_bytes": engine.kv_cache_memory_bytes,
+        "enforce_eager": engine.enforce_eager, "enable_prefix_caching": engine.enable_prefix_caching,
+        "max_cpu_loras": engine.max_cpu_loras, **engine.engine_args,
+    }
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (dict, list)):
+            args += [flag, json.dumps(value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    return f"{param}: {first['msg']}" if param else first["msg"], param
+
+
+def _error_head(status: int, message: str, param: str | None = None) -> ResponseHead:
+    return ResponseHead(status=status, body={"error": {"message": message, "param": param}})
+
+
+class VLLMEngine:
+    """AsyncLLM plus vLLM's OpenAI serving objects, for one replica."""
+
+    def __init__(self, engine: EngineConfig, model_dir: Path, served_name: str) -> None:
+        self._cli = vllm_cli_args(engine, model_dir, served_name)
+        self._engine = None
+        self._state = None
+
+    async def start(self) -> None:
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(self._cli)
+        validate_parsed_serve_args(args)
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        usage = UsageContext.OPENAI_API_SERVER
+        self._engine = AsyncLLM.from_vllm_config(
+            vllm_config=engine_args.create_engine_config(usage_context=usage),
+            usage_context=usage, enable_log_requests=engine_args.enable_log_requests,
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+        self._state = State()
+        tasks = await self._engine.get_supported_tasks()
+        await init_app_state(self._engine, self._state, args, tasks)
+        log.info("vLLM engine ready: %s", " ".join(self._cli))
+
+    async def openai(self, request: OpenAICall) -> AsyncIterator[ResponseHead | str]:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        if request.route == "chat":
+            wire, handler = ChatCompletionRequest, self._state.openai_serving_chat
+            create = handler.create_chat_completion
+        else:
+            wire, handler = CompletionRequest, self._state.openai_serving_completion
+            create = handler.create_completion
+        try:
+            parsed = wire.model_validate(request.body)
+        except ValidationError as exc:
+            yield _error_head(400, *_validation_message(exc))
+            return
+        if request.request_id:
+            parsed.request_id = request.request_id
+        try:
+            result = await create(parsed, None)
+        except Exception as exc:  # vLLM validates sampling options by raising; map like `vllm serve`
+            from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+            result = create_error_response(exc)
+        if isinstance(result, ErrorResponse):
+            yield _error_head(result.error.code, result.error.message, result.error.param)
+        elif isinstance(result, BaseModel):
+            yield ResponseHead(status=200, body=result.model_dump(mode="json"))
+        else:
+            yield ResponseHead(status=200, streaming=True)
+            async for chunk in result:
+                yield chunk
+
+    async def load_adapter(self, ref: AdapterRef, path: str) -> None:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        models = self._state.openai_serving_models
+        if ref.model_id in models.lora_requests:
+            return
+        result = await models.load_lora_adapter(
+            LoadLoRAAdapterRequest(lora_name=ref.model_id, lora_path=path))
+        if isinstance(result, ErrorResponse):
+            raise InvalidAdapter(f"the engine rejected adapter {ref.name!r}: {result.error.message}",
+                                 param="source")
+
+    async def unload_adapter(self, model_id: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        models = self._state.openai_serving_models
+        lora = models.lora_requests.get(model_id)
+        if lora is None:
+            return
+        await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=model_id))
+        await self._engine.remove_lora(lora.lora_int_id)
+
+    async def stats(self) -> EngineStats:
+        states = self._engine.output_processor.request_states
+        return EngineStats(running=len(states),
+                           adapters_loaded=sorted(self._state.openai_serving_models.lora_requests))
+
+    def metrics_text(self) -> str:
+        return prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None

@@ -1,0 +1,113 @@
+"""Typed domain errors and the one place that maps them to HTTP and OpenAI's error body.
+
+Domain code raises these; `floe.server.gateway.errors` turns them into
+`{"error": {"message", "type", "param", "code"}}` with the status given here. Nothing matches
+errors by their message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FloeError(Exception):
+    """Base of every error floe reports to a client."""
+
+    status: int = 500
+    type: str = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def __reduce__(self):  # survive pickling across Ray processes with their fields
+        return (_rebuild, (type(self), self.message, self.param, self.code, self.headers))
+
+
+def _rebuild(cls, message, param, code, headers):
+    return cls(message, param=param, code=code, headers=headers)
+
+
+class InvalidRequest(FloeError):
+    status, type, code = 400, "invalid_request_error", None
+
+
+class AuthenticationFailed(FloeError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class PermissionDenied(FloeError):
+    status, type, code = 403, "permission_error", "permission_denied"
+
+
+class NotFound(FloeError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(FloeError):
+    status, type, code = 409, "invalid_request_error", "conflict"
+
+
+class PayloadTooLarge(FloeError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class Overloaded(FloeError):
+    status, type, code = 429, "rate_limit_error", "overloaded"
+
+
+class NotReady(FloeError):
+    status, type, code = 503, "service_unavailable", "not_ready"
+
+
+class EngineError(FloeError):
+    status, type, code = 500, "internal_error", "engine_error"
+
+
+_BY_STATUS: dict[int, type[FloeError]] = {
+    400: InvalidRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
+    409: Conflict, 413: PayloadTooLarge, 429: Overloaded, 503: NotReady,
+}
+
+
+def from_status(status: int, message: str, *, param: str | None = None,
+                code: str | None = None) -> FloeError:
+    """An engine reported an error with an HTTP status: give it its typed class."""
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        err: FloeError = EngineError(message, param=param, code=code)
+        err.status = status if 400 <= status < 600 else 500
+        return err
+    return cls(message, param=param, code=code)
+
+
+def unwrap(exc: BaseException) -> FloeError | None:
+    """The FloeError behind an exception, also when Ray wrapped it on the way from a replica."""
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, FloeError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded("the server is overloaded; retry shortly", headers={"Retry-After": "1"})
+    if isinstance(exc, DeploymentUnavailableError):
+        return NotReady("the model is not available yet; retry shortly", headers={"Retry-After": "5"})
+    if isinstance(exc, RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if cause is not None and cause is not exc:
+            return unwrap(cause)
+    return None

@@ -1,0 +1,56 @@
+"""OpenAI-compatible routes: chat, completions, models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from floe.server.errors import ModelNotFound
+from floe.server.gateway.body import read_json_object
+from floe.server.gateway.state import GatewayState, api_auth, gateway_state
+
+router = APIRouter(dependencies=[Depends(api_auth)])
+
+
+def _answer(result: dict | AsyncIterator[str]) -> JSONResponse | StreamingResponse:
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    return StreamingResponse(result, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: GatewayState = Depends(gateway_state)):
+    body = await read_json_object(request, state.config.http.max_body_bytes)
+    return _answer(await state.inference.run("chat", body))
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, state: GatewayState = Depends(gateway_state)):
+    body = await read_json_object(request, state.config.http.max_body_bytes)
+    return _answer(await state.inference.run("completions", body))
+
+
+def _card(model_id: str, created: int, **extra) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "floe", **extra}
+
+
+@router.get("/v1/models")
+async def list_models(state: GatewayState = Depends(gateway_state)):
+    base = state.inference.base_name
+    cards = [_card(base, state.started, root=base, parent=None)]
+    for ref in await state.adapters.list():
+        cards.append(_card(ref.name, int(ref.created), root=ref.model_id, parent=base, kind=ref.kind))
+    return {"object": "list", "data": cards}
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, state: GatewayState = Depends(gateway_state)):
+    data = (await list_models(state))["data"]
+    for card in data:
+        if card["id"] == model:
+            return card
+    raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+

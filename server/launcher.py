@@ -1,0 +1,93 @@
+"""`floe serve`: start (or join) Ray, run the Serve application, wait for readiness, shut down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from floe.server.config import FloeConfig
+
+Progress = Callable[[str], None]
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def _wait_ready(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise StartupError(f"the server did not become ready within {timeout_s:.0f}s")
+
+
+def start(config: FloeConfig, progress: Progress = print) -> str:
+    """Start the application and return its URL once `/ready` answers 200."""
+    import ray
+    from ray import serve
+
+    from floe.server.app import build_app
+    from floe.server.models import resolve_base_model
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
+    model_dir, name = resolve_base_model(config)
+    progress(f"model ready: {name} ({model_dir})")
+    if config.ray.address is None:
+        _check_port_free(config.http.host, config.http.port)
+    ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus, include_dashboard=False,
+             configure_logging=True, logging_level="WARNING",
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("FLOE_", "VLLM_", "HF_"))}})
+    progress(f"ray started ({'local' if config.ray.address is None else config.ray.address})")
+    serve.start(http_options={"host": config.http.host, "port": config.http.port})
+    progress("starting the engine (vLLM) and gateway deployments...")
+    serve.run(build_app(config), name=config.ray.app_name, route_prefix="/", blocking=False)
+    url = f"http://{config.http.host}:{config.http.port}"
+    _wait_ready(url, timeout_s=900)
+    progress(f"engine ready; floe listens on {url}  (OpenAI base_url: {url}/v1)")
+    return url
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def serve_forever(config: FloeConfig, progress: Progress = print) -> None:
+    """Run until SIGINT / SIGTERM, then shut every process down."""
+    stop_event = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop_event.set())
+    try:
+        start(config, progress)
+        stop_event.wait()
+        progress("shutting down...")
+    finally:
+        stop()
+        progress("stopped")

@@ -1,0 +1,48 @@
+"""Adapter administration: register (validate in a real engine, then serve), list, remove."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from floe.adapters.base import InvalidAdapter
+from floe.server.errors import unwrap
+from floe.server.registry import AdapterRef, AdapterState
+
+
+class AdapterService:
+    def __init__(self, engine: Any, registry: Any) -> None:
+        self._engine, self._registry = engine, registry
+
+    async def add(self, name: str, source: str) -> tuple[AdapterRef, bool]:
+        """Register `name` from `source`; (ref, created). Re-adding identical content is a no-op."""
+        ref: AdapterRef = await self._call(self._registry.register.remote(name, source))
+        if ref.state is AdapterState.READY:
+            return ref, False
+        try:
+            # Loading into one engine replica proves the engine accepts it before anyone uses it.
+            await self._engine.options(multiplexed_model_id=ref.model_id).warm.remote(ref.model_id)
+        except Exception as exc:
+            err = unwrap(exc) or InvalidAdapter(f"the engine could not load adapter {name!r}: {exc}")
+            await self._registry.fail.remote(ref.model_id, err.message)
+            raise err from exc
+        return await self._registry.activate.remote(ref.model_id), True
+
+    async def list(self) -> list[AdapterRef]:
+        return await self._registry.list.remote()
+
+    async def get(self, name: str) -> AdapterRef:
+        return await self._call(self._registry.get.remote(name))
+
+    async def remove(self, name: str) -> AdapterRef:
+        """Stop routing to `name` now; return once its in-flight requests have finished."""
+        return await self._call(self._registry.remove.remote(name))
+
+    @staticmethod
+    async def _call(response: Any) -> Any:
+        try:
+            return await response
+        except Exception as exc:
+            err = unwrap(exc)
+            if err is None or err is exc:
+                raise
+            raise err from exc

@@ -1,0 +1,108 @@
+"""OpenAI-shaped inference: resolve `model`, lease its adapter, run the engine, time the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from floe.server.engine.messages import OpenAICall, OpenAIRoute, ResponseHead
+from floe.server.errors import InvalidRequest, NotReady, Overloaded, from_status, unwrap
+from floe.server.gateway.metrics import GatewayMetrics, StreamTimer
+
+BASE_ALIAS = "base"
+READY_PROBE_S = 2.0
+
+
+def split_model(model: str, base_name: str) -> str | None:
+    """The adapter a `model` names: None for the base, else the adapter (`name[@version]`)."""
+    if model in (base_name, BASE_ALIAS):
+        return None
+    for prefix in (base_name + ":", BASE_ALIAS + ":"):
+        if model.startswith(prefix):
+            return model[len(prefix):] or None
+    return model
+
+
+class InferenceService:
+    def __init__(self, base_name: str, engine: Any, registry: Any, metrics: GatewayMetrics,
+                 max_in_flight: int) -> None:
+        self.base_name = base_name
+        self._engine, self._registry, self._metrics = engine, registry, metrics
+        self._base_stream = engine.options(stream=True)
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._engine_ready = False
+
+    async def _check_ready(self) -> None:
+        """Before the first answer, fail fast with 503 instead of queueing behind a cold start."""
+        try:
+            self._engine_ready = await asyncio.wait_for(self._engine.ready.remote(), READY_PROBE_S)
+        except Exception as exc:
+            raise NotReady("the model is still loading; retry shortly",
+                           headers={"Retry-After": "5"}) from exc
+
+    async def run(self, route: OpenAIRoute, body: dict[str, Any]) -> dict[str, Any] | AsyncIterator[str]:
+        """The whole answer as a dict, or an SSE stream (an async iterator of frames)."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("`model` is required and must be a string", param="model")
+        if not self._engine_ready:
+            await self._check_ready()
+        if self._in_flight >= self._max_in_flight:
+            raise Overloaded("too many requests in flight; retry shortly", headers={"Retry-After": "1"})
+        adapter = split_model(model, self.base_name)
+        self._in_flight += 1
+        self._metrics.in_flight.set(self._in_flight)
+        lease = None
+        try:
+            if adapter is not None:
+                lease = await self._registry.acquire.remote(adapter)
+            model_id = lease.ref.model_id if lease else None
+            request = OpenAICall(
+                route=route, body={**body, "model": model_id or self.base_name}, adapter_id=model_id,
+                request_id=f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
+            )
+            handle = (self._engine.options(stream=True, multiplexed_model_id=model_id)
+                      if model_id else self._base_stream)
+            frames = handle.openai.remote(request)
+            head: ResponseHead = await frames.__anext__()
+        except Exception as exc:
+            err = unwrap(exc)
+            await self._finish(route, model, adapter, err.status if err else 500, lease)
+            if err is None or err is exc:
+                raise
+            raise err from exc
+        if head.status != 200:
+            await self._finish(route, model, adapter, head.status, lease)
+            error = (head.body or {}).get("error", {})
+            raise from_status(head.status, error.get("message", "engine error"), param=error.get("param"))
+        if not head.streaming:
+            await self._finish(route, model, adapter, 200, lease)
+            return head.body
+        # NOTE: the stream owns the lease and the in-flight slot from here on.
+        return self._stream(frames, route, model, adapter, lease)
+
+    async def _stream(self, frames: Any, route: str, model: str, adapter: str | None,
+                      lease: Any) -> AsyncIterator[str]:
+        timer = StreamTimer(self._metrics, route, model)
+        status = 200
+        try:
+            async for frame in frames:
+                timer.chunk()
+                yield frame
+        except BaseException:
+            status = 499  # client went away (or the engine failed) mid-stream
+            frames.cancel()
+            raise
+        finally:
+            timer.done()
+            await self._finish(route, model, adapter, status, lease)
+
+    async def _finish(self, route: str, model: str, adapter: str | None, status: int, lease: Any) -> None:
+        self._in_flight -= 1
+        self._metrics.in_flight.set(self._in_flight)
+        self._metrics.requests.labels(route, model, adapter or "", str(status)).inc()
+        if lease is not None:
+            await self._registry.release.remote(lease.lease_id)
