@@ -43,7 +43,7 @@ class MethodSpec:
     needs_calibration: bool
 
 
-BUILTIN_MODULES = ("bnb", "gptq")
+BUILTIN_MODULES = ("bnb", "gptq", "sparsity", "qllm")
 _METHODS: dict[str, MethodSpec] = {}
 _LOADED = False
 

@@ -63,6 +63,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
     out_f, in_f = W.shape
     g = in_f if group_size in (-1, 0) else group_size
     H = H.clone()
+    zeros = W == 0  # NOTE: exact zeros (a 2:4-pruned input) stay zero, so sparsity survives
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -80,6 +81,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         Q[:, i] = q.to(torch.int8)
         err = (W[:, i] - q * s) / Hinv[i, i]
         W[:, i + 1:] -= err.unsqueeze(1) * Hinv[i, i + 1:].unsqueeze(0)
+        W[:, i + 1:].masked_fill_(zeros[:, i + 1:], 0.0)
     return QLinear(Q, scales)
 
 
