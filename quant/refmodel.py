@@ -44,7 +44,7 @@ class RefModelSpec(BaseModel):
 
 TEST_SPEC = RefModelSpec(
     hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256, vocab_size=512,
-    seq_len=64, batch_size=8, steps=150, lr=5e-3, max_chars=300_000,
+    seq_len=64, batch_size=8, steps=300, lr=5e-3, max_chars=300_000,
 )
 
 

@@ -13,11 +13,17 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from floe.quant.errors import UnknownMethodError
 
 Kind = Literal["quantize", "prune"]
+
+
+class MethodConfig(BaseModel):
+    """Base of every method config: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from floe.quant.model_io import copy_tokenizer
-from floe.quant.registry import MethodResult, register_method
+from floe.quant.registry import MethodConfig, MethodResult, register_method
 
 
-class BnbConfig(BaseModel):
+class BnbConfig(MethodConfig):
     """bitsandbytes quantization; ``method`` picks int8 (LLM.int8), nf4 or fp4."""
 
     method: Literal["int8", "nf4", "fp4"] = "nf4"

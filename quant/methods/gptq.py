@@ -12,17 +12,18 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from floe.quant.calibration import token_batches
 from floe.quant.ct_export import QLinear, dequant, group_scale, qrange, rtn, write_compressed
 from floe.quant.errors import UnsupportedBitsError
 from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
 from floe.quant.model_io import decoder_linears, load_dense
-from floe.quant.registry import MethodResult, register_method
+from floe.quant.progress import report
+from floe.quant.registry import MethodConfig, MethodResult, register_method
 
 
-class WeightOnlyConfig(BaseModel):
+class WeightOnlyConfig(MethodConfig):
     """Fields shared by GPTQ and RTN: integer weights, symmetric, per group."""
 
     SUPPORTED_BITS: ClassVar[tuple[int, ...]] = (4, 8)
@@ -93,7 +94,7 @@ def check_group(model, group_size: int) -> None:
 
 
 @torch.no_grad()
-def run_gptq(model, input_ids: torch.Tensor, cfg: GPTQConfig, progress=None) -> dict[str, QLinear]:
+def run_gptq(model, input_ids: torch.Tensor, cfg: GPTQConfig) -> dict[str, QLinear]:
     hs, kw = capture_layer_inputs(model, input_ids)
     qlayers: dict[str, QLinear] = {}
     for idx, layer in enumerate(model.model.layers):
@@ -107,8 +108,7 @@ def run_gptq(model, input_ids: torch.Tensor, cfg: GPTQConfig, progress=None) -> 
             lin.weight.data = dequant(ql)
             qlayers[name] = ql
         hs = run_layer(layer, hs, kw)  # inputs of the next layer, through the quantized one
-        if progress:
-            progress(idx + 1, len(model.model.layers))
+        report("gptq layers", idx + 1, len(model.model.layers))
     return qlayers
 
 

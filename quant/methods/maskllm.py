@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from floe.quant.progress import report
 from floe.quant.model_io import decoder_linears
 from floe.quant.sparse24 import CANDIDATES, best_candidate, groups, mask_from_index, topk_mask
 
@@ -89,6 +90,7 @@ def train_masks(model, ids: torch.Tensor, cfg) -> dict:
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            report("maskllm steps", step + 1, cfg.steps)
     finally:
         model.eval()
         changed, total = 0, 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import nn
 
 from floe.quant.calibration import token_batches
@@ -26,10 +26,11 @@ from floe.quant.ct_export import rtn, write_compressed
 from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
 from floe.quant.model_io import load_dense
 from floe.quant.qllm_sim import SimQuantLinear, build_reassembly, fq_act, fq_weight
-from floe.quant.registry import MethodResult, register_method
+from floe.quant.progress import report
+from floe.quant.registry import MethodConfig, MethodResult, register_method
 
 
-class QLLMConfig(BaseModel):
+class QLLMConfig(MethodConfig):
     """QLLM at ``bits`` weights / ``act_bits`` activations (simulated); export W8A8."""
 
     SUPPORTED_BITS: ClassVar[tuple[int, ...]] = (4, 6, 8)
@@ -92,7 +93,7 @@ def _swap(model, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, new)
 
 
-def apply_qllm(model, ids: torch.Tensor, cfg: QLLMConfig, progress=None) -> dict:
+def apply_qllm(model, ids: torch.Tensor, cfg: QLLMConfig) -> dict:
     """Replace every decoder linear by a SimQuantLinear (in place); returns per-layer choices.
 
     With ``reassembly=False, rank=0`` this is plain round-to-nearest W/A quantization.
@@ -123,8 +124,7 @@ def apply_qllm(model, ids: torch.Tensor, cfg: QLLMConfig, progress=None) -> dict
             _train_lrc(layer, sims, hs_q, target, kw, n, cfg)
         with torch.no_grad():
             hs_q, hs_fp = run_layer(layer, hs_q, kw), target
-        if progress:
-            progress(idx + 1, len(model.model.layers))
+        report("qllm layers", idx + 1, len(model.model.layers))
     return chosen
 
 

@@ -11,22 +11,23 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from floe.quant.calibration import token_batches
 from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
 from floe.quant.model_io import decoder_linears, load_dense, save_dense
-from floe.quant.registry import MethodResult, register_method
+from floe.quant.progress import report
+from floe.quant.registry import MethodConfig, MethodResult, register_method
 from floe.quant.sparse24 import is_2to4, topk_mask
 
 
-class MagnitudeConfig(BaseModel):
+class MagnitudeConfig(MethodConfig):
     """Keep the two largest-|w| weights of every group of four."""
 
     method: Literal["magnitude"] = "magnitude"
 
 
-class WandaConfig(BaseModel):
+class WandaConfig(MethodConfig):
     """Wanda (Sun et al. 2023): score |w_ij| * ||x_j||_2 over calibration tokens, layer by layer."""
 
     method: Literal["wanda"] = "wanda"
@@ -53,6 +54,7 @@ def wanda_masks(model, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
             masks[name] = topk_mask(lin.weight.abs() * xnorm.unsqueeze(0))
             lin.weight.data.mul_(masks[name])
         hs = run_layer(layer, hs, kw)  # next layer sees the pruned one's outputs
+        report("wanda layers", idx + 1, len(model.model.layers))
     return masks
 
 
@@ -79,7 +81,7 @@ def _run_wanda(model_dir: Path, cfg: WandaConfig, texts, work_dir: Path) -> Meth
     return finish(model, model_dir, work_dir)
 
 
-class MaskLLMConfig(BaseModel):
+class MaskLLMConfig(MethodConfig):
     """MaskLLM (Fang et al. 2024): learn a categorical choice among the six 2:4 candidates per group.
 
     Weights stay frozen; only mask logits ``[out, in/4, 6]`` train, through Gumbel-softmax
