@@ -55,9 +55,37 @@ def ppl_of(heldout, dense):
     return lambda model: perplexity(model, tok, heldout, seq_len=64, max_windows=40)
 
 
-def greedy_text(model, tok, prompt: str = "The for statement", n: int = 8) -> str:
-    ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                         pad_token_id=tok.pad_token_id)
-    assert out.shape[1] == ids["input_ids"].shape[1] + n
-    return tok.decode(out[0][ids["input_ids"].shape[1]:])
+@pytest.fixture
+def generate(dense):
+    """Greedy-generate ``n`` new tokens; asserts the model produced exactly ``n``."""
+    tok = dense[1]
+
+    def run(model, prompt: str = "The for statement", n: int = 8) -> list[int]:
+        ids = tok(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        assert out.shape[1] == ids["input_ids"].shape[1] + n
+        return out[0, ids["input_ids"].shape[1]:].tolist()
+
+    return run
+
+
+@pytest.fixture
+def vllm_ppl(tmp_path, tiny_model):
+    """Perplexity and greedy tokens of an output dir as served by vLLM CPU (subprocess)."""
+    import json
+    import subprocess
+    import sys
+
+    def run(out_dir: Path, seq_len: int = 64, windows: int = 40) -> dict:
+        env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
+                   VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"), OMP_NUM_THREADS="1")
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("vllm_ppl.py")), str(out_dir),
+             str(tiny_model / HELDOUT_FILE), str(seq_len), str(windows)],
+            capture_output=True, text=True, env=env, timeout=300)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+        return json.loads(lines[-1][len("RESULT "):])
+
+    return run
