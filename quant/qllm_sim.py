@@ -38,15 +38,16 @@ def fq_act(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def build_reassembly(x_absmax: torch.Tensor, weights: list[torch.Tensor], X: torch.Tensor,
-                     n_outliers: int) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
-    """Split the ``n_outliers`` largest channels, merge as many similar pairs; (M, [W'])."""
+                     n_outliers: int, max_split: int = 4) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """Split the ``n_outliers`` largest channels into ``ceil(max / theta)`` (at most ``max_split``)
+    sub-channels each, merge as many similar pairs back; (M, [W']) or None if it cannot."""
     C = x_absmax.numel()
     if n_outliers == 0:
         return None
     order = torch.argsort(x_absmax, descending=True)
     theta = x_absmax[order[n_outliers]].item()  # the largest channel kept whole
     outliers = order[:n_outliers]
-    T = torch.ceil(x_absmax[outliers] / max(theta, 1e-8)).long().clamp_min(1)
+    T = torch.ceil(x_absmax[outliers] / max(theta, 1e-8)).long().clamp(1, max_split)
     extra = int((T - 1).sum())
     # D [C, C + extra]: sub-channel columns; src[j] = original channel of sub-channel j
     src = torch.cat([torch.arange(C), outliers.repeat_interleave(T - 1)])

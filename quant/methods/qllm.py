@@ -39,6 +39,7 @@ class QLLMConfig(MethodConfig):
     act_bits: int = Field(4, ge=2, le=16, description="activation bits, per token (16 = none)")
     reassembly: bool = Field(True, description="adaptive channel disassembly / assembly")
     outlier_candidates: list[int] = Field([0, 1, 2, 4, 8, 16], description="channel counts tried")
+    max_split: int = Field(4, ge=2, description="most sub-channels one outlier channel becomes")
     rank: int = Field(8, ge=0, description="rank of the low-rank correction (0 = none)")
     lrc_steps: int = Field(60, ge=0, description="Adam steps per decoder layer")
     lrc_lr: float = 2e-3
@@ -77,7 +78,7 @@ def _choose_reassembly(X, weights, cfg: QLLMConfig):
     for k in cfg.outlier_candidates if cfg.reassembly else []:
         if k == 0 or k >= X.shape[1] // 4:
             continue
-        built = build_reassembly(absmax, weights, X, k)
+        built = build_reassembly(absmax, weights, X, k, cfg.max_split)
         if built is None:
             continue
         M, ws = built
