@@ -85,3 +85,10 @@ def test_pruned_then_nf4(tiny_model, tmp_path, generate):
     pruned = fq.prune(tiny_model, "magnitude", out=tmp_path / "p")
     out = fq.quantize(pruned, "nf4", out=tmp_path / "pn")
     assert len(generate(fq.load_for_transformers(out))) == 8
+
+
+@pytest.mark.slow
+def test_vllm_cpu_serves_pruned(tiny_model, ppl_of, vllm_ppl, tmp_path):
+    out = fq.prune(tiny_model, "magnitude", out=tmp_path / "p")
+    res = vllm_ppl(out)
+    assert abs(res["ppl"] / ppl_of(fq.load_for_transformers(out)) - 1) < 0.01
