@@ -65,7 +65,8 @@ def test_prune_round_trip(tiny_model, calib_texts, dense_ppl, ppl_of, generate, 
 
 
 def test_maskllm_learns_beyond_its_prior(tiny_model, calib_texts, tmp_path):
-    out = fq.prune(tiny_model, fq.make_config("maskllm", "prune", steps=40, seq_len=64, num_samples=64),
+    cfg = fq.make_config("maskllm", "prune", steps=40, seq_len=64, num_samples=64, lr=2e-3)
+    out = fq.prune(tiny_model, cfg,
                    calibration=calib_texts, out=tmp_path / "m")
     stats = fq.read_manifest(out).extra["maskllm"]
     assert stats["groups_changed_from_prior"] > 0.0
