@@ -139,6 +139,8 @@ class VLLMEngine:
     async def unload_adapter(self, model_id: str) -> None:
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
+        if self._engine is None:  # shut down already
+            return
         models = self._state.openai_serving_models
         lora = models.lora_requests.get(model_id)
         if lora is None:

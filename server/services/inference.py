@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from floe.server.engine.messages import OpenAICall, OpenAIRoute, ResponseHead
 from floe.server.errors import InvalidRequest, NotReady, Overloaded, from_status, unwrap
 from floe.server.gateway.metrics import GatewayMetrics, StreamTimer
+
+log = logging.getLogger("floe.inference")
 
 BASE_ALIAS = "base"
 READY_PROBE_S = 2.0
@@ -34,6 +37,7 @@ class InferenceService:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._engine_ready = False
+        self._releasing: set[asyncio.Task] = set()
 
     async def _check_ready(self) -> None:
         """Before the first answer, fail fast with 503 instead of queueing behind a cold start."""
@@ -62,7 +66,7 @@ class InferenceService:
             model_id = lease.ref.model_id if lease else None
             request = OpenAICall(
                 route=route, body={**body, "model": model_id or self.base_name}, adapter_id=model_id,
-                request_id=f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
+                request_id=uuid.uuid4().hex,  # vLLM adds the `chatcmpl-` / `cmpl-` prefix
             )
             handle = (self._engine.options(stream=True, multiplexed_model_id=model_id)
                       if model_id else self._base_stream)
@@ -105,4 +109,14 @@ class InferenceService:
         self._metrics.in_flight.set(self._in_flight)
         self._metrics.requests.labels(route, model, adapter or "", str(status)).inc()
         if lease is not None:
-            await self._registry.release.remote(lease.lease_id)
+            # NOTE: a task of its own: a stream's finalizer runs inside a cancelled scope when
+            # the client hangs up, and an awaited release there would be cancelled too.
+            task = asyncio.get_running_loop().create_task(self._release(lease.lease_id))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, lease_id: int) -> None:
+        try:
+            await self._registry.release.remote(lease_id)
+        except Exception:
+            log.exception("could not release adapter lease %s", lease_id)

@@ -1,0 +1,35 @@
+"""Health, readiness and Prometheus metrics of the real server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.slow
+
+
+def test_health_and_ready(live_server):
+    assert httpx.get(f"{live_server.url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{live_server.url}/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_metrics_after_traffic(openai_client, live_server):
+    stream = openai_client.chat.completions.create(
+        model=live_server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True)
+    for _ in stream:
+        pass
+    with pytest.raises(Exception):
+        openai_client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
+    text = httpx.get(f"{live_server.url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = families["floe_requests"]
+    statuses = {(s.labels["route"], s.labels["status"]) for s in requests.samples}
+    assert ("chat", "200") in statuses and ("chat", "404") in statuses
+    ttft = [s for s in families["floe_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
+    assert ttft and ttft[0].value >= 1
+    assert "floe_inter_token_latency_seconds" in families
+    assert "floe_requests_in_flight" in families
+    assert "floe_adapters" in families and "floe_adapters_loaded" in families
+    assert any(name.startswith("vllm:") for name in families), "vLLM's engine metrics are exposed"
