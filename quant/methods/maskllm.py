@@ -73,7 +73,7 @@ def train_masks(model, ids: torch.Tensor, cfg) -> dict:
         wrapped[name] = GumbelMaskedLinear(lin, init)
         _swap(model, name, wrapped[name])
     params = [w.logits for w in wrapped.values()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, eps=cfg.adam_eps)
     gen = torch.Generator().manual_seed(cfg.seed)
     losses = []
     model.train()

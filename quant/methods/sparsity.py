@@ -94,6 +94,8 @@ class MaskLLMConfig(MethodConfig):
     batch_size: int = 8
     seq_len: int = 128
     lr: float = Field(2e-4, description="Adam learning rate of the mask logits (scaled by 100-500)")
+    adam_eps: float = Field(1e-8, description="Adam epsilon; larger damps logits whose gradient is "
+                            "mostly noise (Adam otherwise moves every logit by ~lr per step)")
     tau_start: float = 4.0
     tau_end: float = 0.05
     scale_start: float = 1e2
