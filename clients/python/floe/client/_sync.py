@@ -1,0 +1,163 @@
+"""`Floe`: the synchronous client."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypeVar
+
+import httpx
+
+from floe.client import _calls as calls
+from floe.client import types as t
+from floe.client._core import Call, ClientOptions, check, retry_delay
+from floe.client.errors import APIConnectionError, APITimeoutError
+
+T = TypeVar("T")
+
+
+class Floe:
+    """Client for floe's own endpoints. For chat, completions and models use `openai()`.
+
+        with Floe("http://127.0.0.1:8000", api_key="...", admin_key="...") as floe:
+            floe.adapters.add("support-bot", "/srv/adapters/support-bot")
+            reply = floe.openai().chat.completions.create(model="support-bot", messages=[...])
+    """
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
+                 admin_key: str | None = None, timeout: float | httpx.Timeout = 60.0,
+                 max_retries: int = 3, backoff_base_s: float = 0.5, backoff_max_s: float = 8.0,
+                 max_retry_after_s: float = 60.0, headers: dict[str, str] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.options = ClientOptions.build(base_url, api_key, admin_key, timeout, max_retries,
+                                           backoff_base_s, backoff_max_s, max_retry_after_s, headers)
+        self._http = httpx.Client(base_url=self.options.base_url, timeout=self.options.timeout,
+                                  headers=self.options.headers, transport=transport)
+        self.adapters = Adapters(self)
+        self.embeddings = Embeddings(self)
+        self.forecasts = Forecasts(self)
+        self.retrieval = Retrieval(self)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def request(self, call: Call[T]) -> T:
+        """Send `call`, retrying 429 / 503 / refused connections as `retry_delay` says."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(call.method, call.path, json=call.json,
+                                              headers=self.options.auth_headers(call.admin))
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                delay = retry_delay(self.options, attempt, None) if call.retry else None
+                if delay is None:
+                    raise _connection_error(exc) from exc
+            except httpx.TransportError as exc:  # sent: a retry could repeat the work
+                raise _connection_error(exc) from exc
+            else:
+                delay = retry_delay(self.options, attempt, response) if call.retry else None
+                if delay is None:
+                    return check(call, response)
+            time.sleep(delay)
+            attempt += 1
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Floe":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    # --- operations ------------------------------------------------------------------------
+
+    def health(self) -> t.Health:
+        return self.request(calls.health())
+
+    def ready(self) -> t.Readiness:
+        return self.request(calls.ready())
+
+    def wait_ready(self, timeout_s: float = 300.0, interval_s: float = 0.5) -> t.Readiness:
+        """Poll `/ready` until it answers ready; raise `APITimeoutError` after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                state = self.ready()
+                if state.ready:
+                    return state
+            except APIConnectionError:
+                pass
+            if time.monotonic() >= deadline:
+                raise APITimeoutError(f"floe at {self.options.base_url} not ready after {timeout_s}s")
+            time.sleep(interval_s)
+
+    def metrics(self) -> t.Metrics:
+        return self.request(calls.metrics())
+
+    def openai(self, **kwargs: Any):
+        """An `openai.OpenAI` client for floe's OpenAI-shaped routes (chat, completions,
+        models), with this client's URL, API key, timeout and retries. Needs `floe-client[openai]`."""
+        try:
+            from openai import OpenAI
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("Floe.openai() needs the openai package: pip install 'floe-client[openai]'") from exc
+        return OpenAI(**{**self.options.openai_kwargs(), **kwargs})
+
+
+def _connection_error(exc: httpx.TransportError) -> APIConnectionError:
+    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+    return cls(f"{type(exc).__name__}: {exc}", request=getattr(exc, "_request", None))
+
+
+class _Resource:
+    def __init__(self, client: Floe) -> None:
+        self._client = client
+
+
+class Adapters(_Resource):
+    """`/v1/adapters`: sends the admin key when one is configured, else the API key."""
+
+    def add(self, name: str, source: str) -> t.Adapter:
+        """Register `source` (a directory under an allowed root) as `name`, load it, serve it."""
+        return self._client.request(calls.adapter_add(name, source))
+
+    def list(self) -> t.AdapterList:
+        return self._client.request(calls.adapter_list())
+
+    def get(self, name: str) -> t.Adapter:
+        return self._client.request(calls.adapter_get(name))
+
+    def delete(self, name: str) -> t.AdapterDeleted:
+        """Stop routing to `name`; returns once its in-flight requests have finished."""
+        return self._client.request(calls.adapter_delete(name))
+
+
+class Embeddings(_Resource):
+    def create(self, *, model: str, input: str | list[str] | list[int] | list[list[int]],
+               encoding_format: str | None = None, dimensions: int | None = None,
+               **extra: Any) -> t.EmbeddingsResponse:
+        return self._client.request(calls.embeddings(model, input, encoding_format, dimensions, extra))
+
+
+class Forecasts(_Resource):
+    def create(self, *, model: str, series: list[float] | list[list[float]], horizon: int,
+               timestamps: list[Any] | None = None, frequency: str | None = None,
+               **extra: Any) -> t.Forecast:
+        return self._client.request(calls.forecast(model, series, horizon, timestamps, frequency, extra))
+
+
+class Retrieval(_Resource):
+    def create_collection(self, name: str, **extra: Any) -> t.Collection:
+        return self._client.request(calls.collection_create(name, extra))
+
+    def list_collections(self) -> t.CollectionList:
+        return self._client.request(calls.collection_list())
+
+    def delete_collection(self, name: str) -> t.CollectionDeleted:
+        return self._client.request(calls.collection_delete(name))
+
+    def upsert(self, collection: str, points: list[dict[str, Any]], **extra: Any) -> t.UpsertResult:
+        return self._client.request(calls.points_upsert(collection, points, extra))
+
+    def search(self, collection: str, *, query: str | None = None, vector: list[float] | None = None,
+               top_k: int = 10, filter: dict[str, Any] | None = None, **extra: Any) -> t.SearchResult:
+        return self._client.request(calls.search(collection, query, vector, top_k, filter, extra))

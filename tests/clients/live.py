@@ -1,0 +1,119 @@
+"""One real floe server shared by tests/clients and tests/docs (at most one per session).
+
+Both directories' conftests hand out `live()`; the server stops right after the last test that
+uses it, so a later directory (tests/server) can start its own Ray instance in the same process.
+The server is the real application (Ray Serve + vLLM on the built-in tiny model), configured
+with the keys and names the docs use, so the docs' examples run unchanged except for the URL.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+API_KEY = "floe-api-key"
+ADMIN_KEY = "floe-admin-key"
+MODEL = "floe-tiny-chat"
+FIXTURE = "floe_live"
+
+_SERVER_CONFTEST = Path(__file__).resolve().parents[1] / "server" / "conftest.py"
+
+
+def _server_helpers():
+    """tests/server/conftest.py's helpers (make_adapter, free_port), imported by path."""
+    spec = importlib.util.spec_from_file_location("_floe_server_test_helpers", _SERVER_CONFTEST)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _server_helpers()
+make_adapter = helpers.make_adapter
+free_port = helpers.free_port
+
+
+@dataclass
+class Live:
+    url: str
+    model: str
+    model_dir: Path
+    adapter_root: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def adapter(self, name: str, seed: int) -> Path:
+        """A fresh PEFT LoRA directory `name` under the allowed root."""
+        return make_adapter(self.adapter_root, name, self.model_dir, seed=seed)
+
+
+_live: Live | None = None
+_last_user: str | None = None
+
+
+def start() -> Live:
+    global _live
+    if _live is not None:
+        return _live
+    from floe.server import launcher
+    from floe.server.config import FloeConfig
+    from floe.server.models.builtin import prepare
+
+    os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="vllm-cache-"))
+    model_dir = prepare(MODEL)
+    work = Path(tempfile.mkdtemp(prefix="floe-sdk-tests-"))
+    root = work / "adapters"
+    root.mkdir()
+    config = FloeConfig(
+        model={"path": str(model_dir), "name": MODEL},
+        engine={"kv_cache_memory_bytes": 64 * 2**20, "max_lora_rank": 16, "max_loras": 2,
+                "max_model_len": 512},
+        http={"port": free_port(), "max_body_bytes": 64 * 1024},
+        auth={"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
+        adapters={"roots": [str(root)], "state_dir": str(work / "state"), "drain_timeout_s": 60},
+        ray={"num_cpus": 2},
+    )
+    url = launcher.start(config, progress=lambda _msg: None)
+    _live = Live(url=url, model=MODEL, model_dir=model_dir, adapter_root=root)
+    return _live
+
+
+def stop() -> None:
+    global _live
+    if _live is None:
+        return
+    from floe.server import launcher
+
+    _live = None
+    launcher.stop()
+
+
+# --- hooks, imported into each conftest that hands out the fixture -------------------------
+
+def pytest_collection_finish(session) -> None:
+    """Remember the last selected test that uses the server (after -k / -m deselection)."""
+    global _last_user
+    users = [item.nodeid for item in session.items if FIXTURE in getattr(item, "fixturenames", ())]
+    _last_user = users[-1] if users else None
+
+
+def pytest_runtest_teardown(item, nextitem) -> None:
+    if item.nodeid == _last_user or nextitem is None:
+        stop()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    stop()
+
+
+@pytest.fixture(scope="session")
+def floe_live() -> Live:
+    return start()
