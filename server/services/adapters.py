@@ -7,11 +7,13 @@ from typing import Any
 from floe.adapters.base import InvalidAdapter
 from floe.server.errors import unwrap
 from floe.server.registry import AdapterRef, AdapterState
+from floe.server.registry.routing import engine_for
 
 
 class AdapterService:
-    def __init__(self, engine: Any, registry: Any) -> None:
+    def __init__(self, engine: Any, registry: Any, runtime: Any = None) -> None:
         self._engine, self._registry = engine, registry
+        self._runtime = runtime  # FrozenRuntime: kinds that need more than generation
 
     async def add(self, name: str, source: str) -> tuple[AdapterRef, bool]:
         """Register `name` from `source`; (ref, created). Re-adding identical content is a no-op."""
@@ -20,7 +22,13 @@ class AdapterService:
             return ref, False
         try:
             # Loading into one engine replica proves the engine accepts it before anyone uses it.
-            await self._engine.options(multiplexed_model_id=ref.model_id).warm.remote(ref.model_id)
+            if engine_for(ref.capability) == "runtime":
+                if self._runtime is None:
+                    raise InvalidAdapter(f"{ref.kind} adapters need the FrozenRuntime, which is "
+                                         "disabled on this server (runtime.enabled)", param="source")
+                await self._runtime.options(multiplexed_model_id=ref.model_id).warm.remote(ref.model_id, ref)
+            else:
+                await self._engine.options(multiplexed_model_id=ref.model_id).warm.remote(ref.model_id)
         except Exception as exc:
             err = unwrap(exc) or InvalidAdapter(f"the engine could not load adapter {name!r}: {exc}")
             await self._registry.fail.remote(ref.model_id, err.message)

@@ -1,0 +1,1 @@
+"""Retrieval: a Qdrant vector store behind /v1/retrieval."""

@@ -1,0 +1,1 @@
+"""FrozenRuntime: the transformers engine over the frozen base (hidden states, attentions)."""

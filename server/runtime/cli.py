@@ -1,0 +1,68 @@
+"""`floe adapters train timeseries`: fit a Time-LLM adapter on a CSV with the base LLM frozen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(adapters_app: typer.Typer) -> None:
+    train_app = typer.Typer(help="Train adapters offline (the base model stays frozen).",
+                            no_args_is_help=True)
+    adapters_app.add_typer(train_app, name="train")
+    train_app.command("timeseries")(train_timeseries)
+
+
+def train_timeseries(
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="CSV with a header row."),
+    horizon: int = typer.Option(..., "--horizon", min=1, help="Steps to forecast."),
+    out: Path = typer.Option(Path("timeseries-adapter"), "--out", help="Adapter directory to write."),
+    column: list[str] = typer.Option([], "--column", help="Numeric column(s) to train on (default: all)."),
+    seq_len: int = typer.Option(48, "--seq-len", min=2, help="Lookback (points) the adapter reads."),
+    patch_len: int = typer.Option(16, "--patch-len", min=1),
+    stride: int = typer.Option(8, "--stride", min=1),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    description: str = typer.Option("A univariate time series.", "--description",
+                                    help="Dataset description in the prompt."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit a Time-LLM adapter (frozen LLM) and write an adapter directory for `floe adapters add`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from floe.adapters.timeseries import TimeLLMConfig
+    from floe.adapters.timeseries_train import TrainConfig, train_to_dir
+    from floe.server.config import load_config
+    from floe.server.models import resolve_base_model
+
+    console = Console(stderr=True)
+    try:
+        cfg = TimeLLMConfig(seq_len=seq_len, horizon=horizon, patch_len=patch_len, stride=stride,
+                            description=description)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    model_dir, _ = resolve_base_model(load_config(None, {"model": {"path": str(model)}} if model else {}))
+    with Progress(TextColumn("[bold cyan]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, metrics="")
+
+        def progress(step: int, total: int, metrics: dict) -> None:
+            text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            bar.update(task, completed=step, total=total, metrics=text)
+
+        try:
+            path, report = train_to_dir(model_dir, data, out, cfg,
+                                        TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                                        columns=column or None, progress=progress)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    console.print(f"adapter written to {path} (best validation loss {report['best_val_loss']:.4f}, "
+                  f"{report['train_windows']} training windows)")
+    print(path.resolve())

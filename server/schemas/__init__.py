@@ -1,0 +1,1 @@
+"""Pydantic wire types of the FrozenRuntime endpoints."""
