@@ -56,7 +56,9 @@ def start(config: FloeConfig, progress: Progress = print) -> str:
     progress(f"model ready: {name} ({model_dir})")
     if config.ray.address is None:
         _check_port_free(config.http.host, config.http.port)
-    ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus, include_dashboard=False,
+    # NOTE: "local" always starts a fresh instance; None could attach to a cluster that
+    # happens to run on this machine.
+    ray.init(address=config.ray.address or "local", num_cpus=config.ray.num_cpus, include_dashboard=False,
              configure_logging=True, logging_level="WARNING",
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("FLOE_", "VLLM_", "HF_"))}})
     progress(f"ray started ({'local' if config.ray.address is None else config.ray.address})")
