@@ -61,7 +61,7 @@ def live_server(base_model_dir, adapter_root, tmp_path_factory) -> Iterator[Live
         http={"port": port, "max_body_bytes": 256 * 1024},
         auth={"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
         adapters={"roots": [str(adapter_root)], "state_dir": str(tmp_path_factory.mktemp("state")),
-                  "drain_timeout_s": 120},
+                  "drain_timeout_s": 120, "max_loaded_per_replica": 3},
         ray={"num_cpus": 2},
     )
     url = launcher.start(config, progress=lambda _msg: None)

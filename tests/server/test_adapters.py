@@ -162,3 +162,23 @@ def test_admin_api_errors(live_server, admin, tmp_path):
     listed = admin.get("/v1/adapters").json()
     assert listed["object"] == "list"
     assert ADMIN_KEY not in str(listed)
+
+
+def test_lru_eviction_and_reload_keep_outputs_exact(live_server, openai_client, admin):
+    """More adapters than the replica's LRU holds (3): evicted ones reload with their own weights."""
+    import re
+
+    names = [f"lru-{i}" for i in range(5)]
+    sources = {}
+    for i, name in enumerate(names):
+        sources[name] = make_adapter(live_server.adapter_root, name, live_server.model_dir, seed=50 + i)
+        assert _add(admin, name, sources[name]).status_code == 201
+    expected = {name: _reference_ids(live_server.model_dir, sources[name], PROMPTS[:1])[PROMPTS[0]]
+                for name in names}
+    for _ in range(2):
+        for name in names:
+            assert _generate_ids(openai_client, name, PROMPTS[0]) == expected[name], name
+    time.sleep(1.0)  # evictions unload asynchronously
+    metrics = httpx.get(f"{live_server.url}/metrics").text
+    loaded = float(re.search(r"^floe_adapters_loaded (\S+)$", metrics, re.M).group(1))
+    assert loaded <= 3
