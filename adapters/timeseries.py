@@ -179,11 +179,11 @@ def validate_series(channels: list[list[float]], cfg: TimeLLMConfig, max_length:
         if len(values) > max_length:
             raise InvalidRequest(f"{param} has {len(values)} points; at most {max_length} are "
                                  "accepted", param=param, code="series_too_long")
-        tensor = torch.tensor(values[-cfg.seq_len:], dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64)
         if not torch.isfinite(tensor).all():
             raise InvalidRequest(f"{param} contains NaN or infinite values", param=param,
                                  code="non_finite_values")
-        rows.append(tensor)
+        rows.append(tensor[-cfg.seq_len:])
     return torch.stack(rows).float()
 
 

@@ -105,7 +105,7 @@ def train(llm, series: dict[str, list[float]], cfg: TimeLLMConfig, tcfg: TrainCo
             loss.backward()
             opt.step()
             step += 1
-            metrics["train_loss"] = float(loss)
+            metrics["train_loss"] = float(loss.detach())
             if progress:
                 progress(step, total, metrics)
         net.eval()
