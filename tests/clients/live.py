@@ -9,6 +9,7 @@ with the keys and names the docs use, so the docs' examples run unchanged except
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -54,6 +55,39 @@ class Live:
         """A fresh PEFT LoRA directory `name` under the allowed root."""
         return make_adapter(self.adapter_root, name, self.model_dir, seed=seed)
 
+    def timeseries_adapter(self, name: str) -> Path:
+        """A real Time-LLM adapter (one short epoch on synthetic seasonal series) under the root."""
+        target = self.adapter_root / name
+        if not target.exists():
+            train_timeseries(self.model_dir, target)
+        return target
+
+
+TINY_TS = dict(seq_len=24, horizon=6, patch_len=8, stride=4, d_model=16, n_heads=2, d_ff=16,
+               num_prototypes=32, description="Synthetic seasonal test series.")
+
+
+def seasonal(n: int, phase: float = 0.0, level: float = 10.0) -> list[float]:
+    return [level + 0.05 * t + 3 * math.sin(2 * math.pi * t / 12 + phase) for t in range(n)]
+
+
+def train_timeseries(model_dir: Path, out: Path) -> Path:
+    import torch
+
+    from floe.adapters.timeseries import TimeLLMConfig, save
+    from floe.adapters.timeseries_train import TrainConfig, train
+    from floe.server.runtime.model import FrozenModel
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        llm = FrozenModel(model_dir)
+        series = {f"s{i}": seasonal(60, phase=i) for i in range(2)}
+        net, _ = train(llm, series, TimeLLMConfig(**TINY_TS), TrainConfig(epochs=1, batch_size=16))
+        return save(out, net, llm.fingerprint)
+    finally:
+        torch.set_num_threads(threads)
+
 
 _live: Live | None = None
 _last_user: str | None = None
@@ -79,6 +113,7 @@ def start() -> Live:
         http={"port": free_port(), "max_body_bytes": 64 * 1024},
         auth={"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
         adapters={"roots": [str(root)], "state_dir": str(work / "state"), "drain_timeout_s": 60},
+        retrieval={"path": str(work / "qdrant")},
         ray={"num_cpus": 2},
     )
     url = launcher.start(config, progress=lambda _msg: None)

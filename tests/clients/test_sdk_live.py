@@ -121,3 +121,63 @@ def test_async_client(floe_live):
             return metrics.value("floe_requests_total", route="completions", adapter="async-bot")
 
     assert asyncio.run(run()) >= 1
+
+
+def test_embeddings(floe, floe_live):
+    out = floe.embeddings.create(model=floe_live.model, input=["a frozen model", "hot-swapped adapters"])
+    vectors = out.vectors()
+    assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
+    packed = floe.embeddings.create(model=floe_live.model, input="a frozen model", encoding_format="base64")
+    assert isinstance(packed.data[0].embedding, str)
+    assert packed.vectors()[0] == pytest.approx(vectors[0], abs=1e-5)
+    short = floe.embeddings.create(model="all-MiniLM-L6-v2", input="hello", dimensions=32)
+    assert len(short.vectors()[0]) == 32 and short.usage.total_tokens > 0
+    # the official client reads the same endpoint
+    same = floe.openai().embeddings.create(model=floe_live.model, input="a frozen model")
+    assert same.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
+    with pytest.raises(BadRequestError) as info:
+        floe.embeddings.create(model=floe_live.model, input="")
+    assert info.value.param == "input"
+
+
+def test_retrieval(floe):
+    coll = floe.retrieval.create_collection("sdk-docs", model="all-MiniLM-L6-v2")
+    assert coll.id == "sdk-docs" and coll.dimension == 384 and coll.points == 0
+    texts = ["the cat sat on the mat", "stock markets fell sharply today", "a kitten sleeps on a rug"]
+    done = floe.retrieval.upsert("sdk-docs", [
+        {"id": i, "text": t, "payload": {"topic": "pets" if i != 1 else "finance"}} for i, t in enumerate(texts)])
+    assert done.upserted == 3 and floe.retrieval.get_collection("sdk-docs").points == 3
+    hits = floe.retrieval.search("sdk-docs", text="a cat on a mat", top_k=2)
+    assert hits.ids()[0] == 0 and hits.data[0].payload["text"] == texts[0]
+    assert hits.data[0].score >= hits.data[1].score
+    finance = floe.retrieval.search("sdk-docs", text="a cat", top_k=3, filter={"topic": "finance"})
+    assert finance.ids() == [1]
+    raw = floe.retrieval.create_collection("sdk-raw", dimension=3)
+    floe.retrieval.upsert("sdk-raw", [{"id": "x", "vector": [1, 0, 0]}, {"id": "y", "vector": [0, 1, 0]}])
+    assert floe.retrieval.search("sdk-raw", vector=[0.9, 0.1, 0], top_k=1).ids() == ["x"]
+    assert {"sdk-docs", "sdk-raw"} <= set(floe.retrieval.list_collections().names())
+    assert raw.dimension == 3
+    for name in ("sdk-docs", "sdk-raw"):
+        assert floe.retrieval.delete_collection(name).deleted
+    with pytest.raises(NotFoundError):
+        floe.retrieval.get_collection("sdk-raw")
+    with pytest.raises(BadRequestError):
+        floe.retrieval.search("nope-but-bad", top_k=1)  # neither text nor vector
+
+
+def test_forecasts(floe, floe_live):
+    from clients.live import seasonal
+
+    source = floe_live.timeseries_adapter("sdk-ts")
+    adapter = floe.adapters.add("sdk-ts", str(source))
+    assert adapter.kind == "timeseries" and adapter.state == "ready"
+    out = floe.forecasts.create(model="sdk-ts", series=[seasonal(48), seasonal(48, phase=1.0)], horizon=6)
+    assert out.horizon == 6 and [len(v) for v in out.values()] == [6, 6]
+    one = floe.forecasts.create(model="sdk-ts", series=seasonal(48), horizon=6)
+    assert one.values()[0] == pytest.approx(out.values()[0], rel=1e-4, abs=1e-4)
+    with pytest.raises(BadRequestError):  # shorter than the adapter's lookback
+        floe.forecasts.create(model="sdk-ts", series=seasonal(3), horizon=6)
+    with pytest.raises(ValueError):  # NaN is not JSON: refused before anything is sent
+        floe.forecasts.create(model="sdk-ts", series=[1.0, float("nan")] * 24, horizon=6)
+    with pytest.raises(BadRequestError):
+        floe.forecasts.create(model="sdk-ts", series=seasonal(48), horizon=10_000)

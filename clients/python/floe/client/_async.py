@@ -140,15 +140,20 @@ class Embeddings(_Resource):
 
 
 class Forecasts(_Resource):
-    async def create(self, *, model: str, series: list[float] | list[list[float]], horizon: int,
+    async def create(self, *, model: str, series: list[float] | list[list[float]], horizon: int | None = None,
                timestamps: list[Any] | None = None, frequency: str | None = None,
                **extra: Any) -> t.Forecast:
         return await self._client.request(calls.forecast(model, series, horizon, timestamps, frequency, extra))
 
 
 class Retrieval(_Resource):
-    async def create_collection(self, name: str, **extra: Any) -> t.Collection:
-        return await self._client.request(calls.collection_create(name, extra))
+    async def create_collection(self, name: str, *, model: str | None = None, dimension: int | None = None,
+                          distance: str | None = None, **extra: Any) -> t.Collection:
+        """A collection of `dimension`-sized vectors, or of texts embedded by `model`."""
+        return await self._client.request(calls.collection_create(name, model, dimension, distance, extra))
+
+    async def get_collection(self, name: str) -> t.Collection:
+        return await self._client.request(calls.collection_get(name))
 
     async def list_collections(self) -> t.CollectionList:
         return await self._client.request(calls.collection_list())
@@ -157,8 +162,9 @@ class Retrieval(_Resource):
         return await self._client.request(calls.collection_delete(name))
 
     async def upsert(self, collection: str, points: list[dict[str, Any]], **extra: Any) -> t.UpsertResult:
+        """Points are `{"id", "text" | "vector", "payload"}`; texts are embedded by the collection's model."""
         return await self._client.request(calls.points_upsert(collection, points, extra))
 
-    async def search(self, collection: str, *, query: str | None = None, vector: list[float] | None = None,
+    async def search(self, collection: str, *, text: str | None = None, vector: list[float] | None = None,
                top_k: int = 10, filter: dict[str, Any] | None = None, **extra: Any) -> t.SearchResult:
-        return await self._client.request(calls.search(collection, query, vector, top_k, filter, extra))
+        return await self._client.request(calls.search(collection, text, vector, top_k, filter, extra))

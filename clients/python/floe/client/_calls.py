@@ -62,7 +62,7 @@ def embeddings(model: str, input: Any, encoding_format: str | None, dimensions: 
 
 # forecasts
 
-def forecast(model: str, series: Any, horizon: int, timestamps: Any, frequency: str | None,
+def forecast(model: str, series: Any, horizon: int | None, timestamps: Any, frequency: str | None,
              extra: dict[str, Any]) -> Call[t.Forecast]:
     body = _clean({"model": model, "series": series, "horizon": horizon,
                    "timestamps": timestamps, "frequency": frequency, **extra})
@@ -74,8 +74,14 @@ def forecast(model: str, series: Any, horizon: int, timestamps: Any, frequency: 
 _COLLECTIONS = "/v1/retrieval/collections"
 
 
-def collection_create(name: str, extra: dict[str, Any]) -> Call[t.Collection]:
-    return Call("POST", _COLLECTIONS, model_parser(t.Collection), json=_clean({"name": name, **extra}))
+def collection_create(name: str, model: str | None, dimension: int | None, distance: str | None,
+                      extra: dict[str, Any]) -> Call[t.Collection]:
+    body = _clean({"name": name, "model": model, "dimension": dimension, "distance": distance, **extra})
+    return Call("POST", _COLLECTIONS, model_parser(t.Collection), json=body)
+
+
+def collection_get(name: str) -> Call[t.Collection]:
+    return Call("GET", f"{_COLLECTIONS}/{_seg(name)}", model_parser(t.Collection))
 
 
 def collection_list() -> Call[t.CollectionList]:
@@ -91,8 +97,8 @@ def points_upsert(collection: str, points: list[dict[str, Any]], extra: dict[str
                 json=_clean({"points": points, **extra}))
 
 
-def search(collection: str, query: str | None, vector: list[float] | None, top_k: int,
+def search(collection: str, text: str | None, vector: list[float] | None, top_k: int,
            filter: dict[str, Any] | None, extra: dict[str, Any]) -> Call[t.SearchResult]:
-    body = _clean({"query": query, "vector": vector, "top_k": top_k, "filter": filter, **extra})
+    body = _clean({"text": text, "vector": vector, "top_k": top_k, "filter": filter, **extra})
     return Call("POST", f"{_COLLECTIONS}/{_seg(collection)}/search", model_parser(t.SearchResult),
                 json=body)

@@ -139,15 +139,20 @@ class Embeddings(_Resource):
 
 
 class Forecasts(_Resource):
-    def create(self, *, model: str, series: list[float] | list[list[float]], horizon: int,
+    def create(self, *, model: str, series: list[float] | list[list[float]], horizon: int | None = None,
                timestamps: list[Any] | None = None, frequency: str | None = None,
                **extra: Any) -> t.Forecast:
         return self._client.request(calls.forecast(model, series, horizon, timestamps, frequency, extra))
 
 
 class Retrieval(_Resource):
-    def create_collection(self, name: str, **extra: Any) -> t.Collection:
-        return self._client.request(calls.collection_create(name, extra))
+    def create_collection(self, name: str, *, model: str | None = None, dimension: int | None = None,
+                          distance: str | None = None, **extra: Any) -> t.Collection:
+        """A collection of `dimension`-sized vectors, or of texts embedded by `model`."""
+        return self._client.request(calls.collection_create(name, model, dimension, distance, extra))
+
+    def get_collection(self, name: str) -> t.Collection:
+        return self._client.request(calls.collection_get(name))
 
     def list_collections(self) -> t.CollectionList:
         return self._client.request(calls.collection_list())
@@ -156,8 +161,9 @@ class Retrieval(_Resource):
         return self._client.request(calls.collection_delete(name))
 
     def upsert(self, collection: str, points: list[dict[str, Any]], **extra: Any) -> t.UpsertResult:
+        """Points are `{"id", "text" | "vector", "payload"}`; texts are embedded by the collection's model."""
         return self._client.request(calls.points_upsert(collection, points, extra))
 
-    def search(self, collection: str, *, query: str | None = None, vector: list[float] | None = None,
+    def search(self, collection: str, *, text: str | None = None, vector: list[float] | None = None,
                top_k: int = 10, filter: dict[str, Any] | None = None, **extra: Any) -> t.SearchResult:
-        return self._client.request(calls.search(collection, query, vector, top_k, filter, extra))
+        return self._client.request(calls.search(collection, text, vector, top_k, filter, extra))

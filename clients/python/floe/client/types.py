@@ -132,47 +132,66 @@ class EmbeddingsResponse(FloeModel):
 
 # --- forecasts --------------------------------------------------------------------------------
 
+class ForecastChannel(FloeModel):
+    index: int
+    values: list[float]
+    timestamps: list[str] | None = None
+
+
 class Forecast(FloeModel):
-    """`POST /v1/forecasts`: point forecasts, one list of `horizon` values per channel."""
+    """`POST /v1/forecasts`: point forecasts, one `ForecastChannel` of `horizon` values per channel."""
 
     object: str = "forecast"
     model: str
-    horizon: int | None = None
-    forecasts: list[list[float]] = Field(default_factory=list)
+    horizon: int
+    lookback: int | None = None
+    forecasts: list[ForecastChannel]
+
+    def values(self) -> list[list[float]]:
+        return [c.values for c in sorted(self.forecasts, key=lambda c: c.index)]
 
 
 # --- retrieval --------------------------------------------------------------------------------
 
 class Collection(FloeModel):
-    name: str
+    id: str = Field(description="The collection's name.")
     object: str = "retrieval.collection"
-    dimension: int | None = None
-    model: str | None = None
-    points: int | None = None
+    dimension: int
+    distance: str | None = None
+    model: str | None = Field(None, description="Embedding model for text points and queries.")
+    points: int = 0
 
 
 class CollectionList(FloeModel):
     object: Literal["list"] = "list"
     data: list[Collection]
 
+    def names(self) -> list[str]:
+        return [c.id for c in self.data]
+
 
 class CollectionDeleted(FloeModel):
-    name: str | None = None
-    id: str | None = None
-    deleted: bool = True
+    id: str
+    object: str = "retrieval.collection.deleted"
+    deleted: bool
 
 
 class UpsertResult(FloeModel):
-    upserted: int | None = None
+    object: str = "retrieval.upsert"
+    collection: str
+    upserted: int
 
 
 class SearchHit(FloeModel):
     id: int | str
     score: float
-    payload: dict[str, Any] | None = None
-    text: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
 
 
 class SearchResult(FloeModel):
     object: str = "list"
+    collection: str | None = None
     data: list[SearchHit]
+
+    def ids(self) -> list[int | str]:
+        return [hit.id for hit in self.data]
