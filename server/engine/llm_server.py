@@ -27,6 +27,20 @@ log = logging.getLogger("floe.llm_server")
 SYNC_INTERVAL_S = 2.0
 
 
+def select_engine(config: FloeConfig, model_dir: Path, served_name: str) -> Engine:
+    """vLLM, unless a floe.quant manifest says only transformers runs the checkpoint here."""
+    from floe.server.models import quant_manifest
+
+    manifest = quant_manifest(model_dir) or {}
+    if manifest.get("engine") == "transformers":
+        from floe.server.engine.transformers_engine import TransformersEngine
+
+        return TransformersEngine(model_dir, served_name, config.engine.max_model_len)
+    from floe.server.engine.vllm_engine import VLLMEngine
+
+    return VLLMEngine(config.engine, model_dir, served_name, manifest.get("load_kwargs"))
+
+
 class AdapterSlot:
     """A multiplexed adapter on this replica. Serve calls `__del__` when its LRU evicts it."""
 
@@ -54,11 +68,7 @@ class LLMServer:
         self._config = FloeConfig(**config)
         self._registry = registry
         model_dir, served_name = resolve_base_model(self._config)
-        if engine is None:
-            from floe.server.engine.vllm_engine import VLLMEngine
-
-            engine = VLLMEngine(self._config.engine, model_dir, served_name)
-        self._engine = engine
+        self._engine = engine or select_engine(self._config, model_dir, served_name)
         await self._engine.start()
         self._inflight: Counter[str] = Counter()
         self._loaded: set[str] = set()  # model_ids present in the engine

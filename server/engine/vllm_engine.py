@@ -25,16 +25,24 @@ from floe.server.registry import AdapterRef
 log = logging.getLogger("floe.engine.vllm")
 
 
-def vllm_cli_args(engine: EngineConfig, model_dir: Path, served_name: str) -> list[str]:
-    """`vllm serve` arguments equivalent to floe's engine config (one source for both)."""
+def vllm_cli_args(engine: EngineConfig, model_dir: Path, served_name: str,
+                  load_kwargs: dict[str, Any] | None = None) -> list[str]:
+    """`vllm serve` arguments equivalent to floe's engine config (one source for both).
+
+    `load_kwargs` come from a floe.quant manifest (e.g. `quantization`, and the `dtype` the
+    checkpoint's kernels need); explicit config (`dtype` other than auto, `engine_args`) wins.
+    """
+    load_kwargs = dict(load_kwargs or {})
+    dtype = engine.dtype if engine.dtype != "auto" else load_kwargs.pop("dtype", "auto")
+    load_kwargs.pop("dtype", None)
     args = ["--model", str(model_dir), "--served-model-name", served_name,
-            "--dtype", engine.dtype, "--max-num-seqs", str(engine.max_num_seqs),
+            "--dtype", dtype, "--max-num-seqs", str(engine.max_num_seqs),
             "--seed", str(engine.seed), "--enable-lora", "--max-loras", str(engine.max_loras),
             "--max-lora-rank", str(engine.max_lora_rank)]
     options: dict[str, Any] = {
         "max_model_len": engine.max_model_len, "kv_cache_memory_bytes": engine.kv_cache_memory_bytes,
         "enforce_eager": engine.enforce_eager, "enable_prefix_caching": engine.enable_prefix_caching,
-        "max_cpu_loras": engine.max_cpu_loras, **engine.engine_args,
+        "max_cpu_loras": engine.max_cpu_loras, **load_kwargs, **engine.engine_args,
     }
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -62,8 +70,9 @@ def _error_head(status: int, message: str, param: str | None = None) -> Response
 class VLLMEngine:
     """AsyncLLM plus vLLM's OpenAI serving objects, for one replica."""
 
-    def __init__(self, engine: EngineConfig, model_dir: Path, served_name: str) -> None:
-        self._cli = vllm_cli_args(engine, model_dir, served_name)
+    def __init__(self, engine: EngineConfig, model_dir: Path, served_name: str,
+                 load_kwargs: dict[str, Any] | None = None) -> None:
+        self._cli = vllm_cli_args(engine, model_dir, served_name, load_kwargs)
         self._engine = None
         self._state = None
 

@@ -101,3 +101,43 @@ def make_adapter(root: Path, name: str, base_dir: Path, seed: int, rank: int = 8
     shutil.copytree(cache, target)
     (target / "floe_built.json").unlink(missing_ok=True)
     return target
+
+
+def spawn_floe(cmd: list[str], port: int, log_path: Path, cwd: Path | None = None,
+               timeout_s: float = 600):
+    """Start a floe server process (its own Ray), wait for /ready; returns (process, url)."""
+    import subprocess
+    import time
+
+    import httpx
+
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "VLLM_CACHE_ROOT": str(log_path.parent / "vllm-cache")})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{cmd} exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop_floe(proc)
+    raise AssertionError(f"{cmd} did not become ready in {timeout_s:.0f}s")
+
+
+def stop_floe(proc, timeout_s: float = 90) -> bool:
+    """Ctrl-C the server's process group; True when it stopped in time."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return False
