@@ -32,7 +32,7 @@ def test_readme_has_exactly_the_two_commands_and_ci_runs_the_test_one():
 def test_make_serve_answers_the_openai_client_and_stops_on_ctrl_c(tmp_path):
     from openai import OpenAI
 
-    from tests.server.conftest import free_port, spawn_floe, stop_floe
+    from tests.serving import free_port, spawn_floe, stop_floe
 
     serve_cmd = readme_commands()[0]
     port = free_port()

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.serving import free_port, spawn_floe, stop_floe  # noqa: F401  (re-exported for tests)
+
 API_KEY = "test-key"
 ADMIN_KEY = "test-admin-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -48,27 +42,23 @@ def adapter_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def live_server(base_model_dir, adapter_root, tmp_path_factory) -> Iterator[LiveServer]:
     """The real application: Gateway + AdapterRegistry + LLMServer(vLLM), over HTTP."""
-    from floe.server import launcher
-    from floe.server.config import FloeConfig
+    from tests.serving import start_floe
 
-    os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="vllm-cache-"))
-    port = free_port()
-    config = FloeConfig(
-        model={"path": str(base_model_dir), "name": "tiny"},
+    server = start_floe({
+        "model": {"path": str(base_model_dir), "name": "tiny"},
         # float32 so outputs can be compared exactly with transformers + peft.
-        engine={"dtype": "float32", "kv_cache_memory_bytes": 128 * 2**20, "max_lora_rank": 16,
-                "max_loras": 4, "max_model_len": 1024},
-        http={"port": port, "max_body_bytes": 256 * 1024},
-        auth={"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
-        adapters={"roots": [str(adapter_root)], "state_dir": str(tmp_path_factory.mktemp("state")),
-                  "drain_timeout_s": 120, "max_loaded_per_replica": 3},
-        ray={"num_cpus": 2},
-    )
-    url = launcher.start(config, progress=lambda _msg: None)
+        "engine": {"dtype": "float32", "kv_cache_memory_bytes": 128 * 2**20, "max_lora_rank": 16,
+                   "max_loras": 4, "max_model_len": 1024},
+        "http": {"max_body_bytes": 256 * 1024},
+        "auth": {"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
+        "adapters": {"roots": [str(adapter_root)], "state_dir": str(tmp_path_factory.mktemp("state")),
+                     "drain_timeout_s": 120, "max_loaded_per_replica": 3},
+        "ray": {"num_cpus": 2},
+    }, tmp_path_factory.mktemp("live-server"))
     try:
-        yield LiveServer(url=url, model="tiny", model_dir=base_model_dir, adapter_root=adapter_root)
+        yield LiveServer(url=server.url, model="tiny", model_dir=base_model_dir, adapter_root=adapter_root)
     finally:
-        launcher.stop()
+        assert server.stop(), "the server did not stop within 90 s of Ctrl-C"
 
 
 @pytest.fixture(scope="session")
@@ -102,42 +92,3 @@ def make_adapter(root: Path, name: str, base_dir: Path, seed: int, rank: int = 8
     (target / "floe_built.json").unlink(missing_ok=True)
     return target
 
-
-def spawn_floe(cmd: list[str], port: int, log_path: Path, cwd: Path | None = None,
-               timeout_s: float = 600):
-    """Start a floe server process (its own Ray), wait for /ready; returns (process, url)."""
-    import subprocess
-    import time
-
-    import httpx
-
-    log = log_path.open("w")
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "VLLM_CACHE_ROOT": str(log_path.parent / "vllm-cache")})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{cmd} exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop_floe(proc)
-    raise AssertionError(f"{cmd} did not become ready in {timeout_s:.0f}s")
-
-
-def stop_floe(proc, timeout_s: float = 90) -> bool:
-    """Ctrl-C the server's process group; True when it stopped in time."""
-    import signal
-    import subprocess
-
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=timeout_s)
-        return True
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return False

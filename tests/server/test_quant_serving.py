@@ -90,7 +90,7 @@ def test_floe_serve_runs_a_bitsandbytes_checkpoint(quantized, tmp_path):
 
     from openai import OpenAI
 
-    from tests.server.conftest import free_port, spawn_floe, stop_floe
+    from tests.serving import free_port, spawn_floe, stop_floe
 
     port = free_port()
     proc, url = spawn_floe([sys.executable, "-m", "floe.server.cli", "serve", "--model",
