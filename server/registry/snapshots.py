@@ -70,29 +70,37 @@ def content_hash(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def snapshot(directory: Path, digest: str, state_dir: Path) -> Path:
-    """Copy the adapter to `<state_dir>/<digest>` (once), atomically."""
-    target = state_dir / digest
+def _publish(target: Path, digest: str, fill) -> Path:
+    """Build `target` in a temp sibling with `fill(tmp)`, verify its hash, rename into place."""
     if target.is_dir():
         return target
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}.", dir=state_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}.", dir=target.parent))
     try:
-        for rel in adapter_files(directory):
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(directory / rel, tmp / rel)
+        fill(tmp)
         if content_hash(tmp) != digest:
-            raise InvalidRequest("the adapter changed while it was being registered; retry",
+            raise InvalidRequest("the adapter's files do not match their content hash "
+                                 "(changed while registering, or damaged in transfer); retry",
                                  param="source")
         tmp.chmod(0o755)
         try:
             tmp.rename(target)
         except OSError:
-            if not target.is_dir():
+            if not target.is_dir():  # someone else published the same content first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def snapshot(directory: Path, digest: str, state_dir: Path) -> Path:
+    """Copy the adapter to `<state_dir>/<digest>` (once), atomically."""
+    def fill(tmp: Path) -> None:
+        for rel in adapter_files(directory):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(directory / rel, tmp / rel)
+
+    return _publish(state_dir / digest, digest, fill)
 
 
 def read_snapshot(path: Path) -> dict[str, bytes]:
@@ -101,26 +109,13 @@ def read_snapshot(path: Path) -> dict[str, bytes]:
 
 def materialize(files: dict[str, bytes], digest: str, state_dir: Path) -> Path:
     """Write a snapshot received from another node, verifying its hash."""
-    target = state_dir / digest
-    if target.is_dir():
-        return target
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}.", dir=state_dir))
-    try:
+    def fill(tmp: Path) -> None:
+        root = tmp.resolve()
         for rel, data in files.items():
             dest = (tmp / rel).resolve()
-            if tmp.resolve() not in dest.parents:
+            if root not in dest.parents:
                 raise InvalidRequest(f"bad file name in adapter snapshot: {rel!r}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-        if content_hash(tmp) != digest:
-            raise InvalidRequest("adapter snapshot failed its hash check in transfer")
-        tmp.chmod(0o755)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return _publish(state_dir / digest, digest, fill)

@@ -181,3 +181,18 @@ def test_registrations_survive_a_restart(root, tmp_path):
         await reborn.remove("a")
         assert await make_registry(root, tmp_path).list() == []
     run(scenario())
+
+
+def test_materialize_verifies_hash_and_names(tmp_path):
+    from floe.server.registry import snapshots
+
+    src = write_lora(tmp_path / "src", b"weights")
+    digest = snapshots.content_hash(src)
+    files = snapshots.read_snapshot(src)
+    out = snapshots.materialize(files, digest, tmp_path / "node2")
+    assert snapshots.content_hash(out) == digest
+    with pytest.raises(InvalidRequest):
+        snapshots.materialize({**files, "adapter_model.safetensors": b"tampered"}, "0" * 64, tmp_path / "n3")
+    with pytest.raises(InvalidRequest):
+        snapshots.materialize({"../escape": b"x"}, digest[::-1], tmp_path / "n4")
+    assert not list((tmp_path / "n3").iterdir()) and not list((tmp_path / "n4").iterdir())
