@@ -1,7 +1,8 @@
 """One real floe server shared by tests/clients and tests/docs (at most one per session).
 
-Both directories' conftests hand out `live()`; the server stops right after the last test that
-uses it, so a later directory (tests/server) can start its own Ray instance in the same process.
+Both directories' conftests hand out the `floe_live` fixture; the server runs in its own process
+(tests/serving.py) and stops right after the last selected test that uses it, freeing its
+memory before later packages start theirs.
 The server is the real application (Ray Serve + vLLM on the built-in tiny model), configured
 with the keys and names the docs use, so the docs' examples run unchanged except for the URL.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -35,9 +35,7 @@ def _server_helpers():
     return module
 
 
-helpers = _server_helpers()
-make_adapter = helpers.make_adapter
-free_port = helpers.free_port
+make_adapter = _server_helpers().make_adapter
 
 
 @dataclass
@@ -90,45 +88,43 @@ def train_timeseries(model_dir: Path, out: Path) -> Path:
 
 
 _live: Live | None = None
+_process = None  # tests.serving.FloeProcess
 _last_user: str | None = None
 
 
 def start() -> Live:
-    global _live
+    """`floe serve` in its own process (tests/serving.py), so other packages' servers coexist."""
+    global _live, _process
     if _live is not None:
         return _live
-    from floe.server import launcher
-    from floe.server.config import FloeConfig
     from floe.server.models.builtin import prepare
+    from tests.serving import start_floe
 
-    os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="vllm-cache-"))
     model_dir = prepare(MODEL)
     work = Path(tempfile.mkdtemp(prefix="floe-sdk-tests-"))
     root = work / "adapters"
     root.mkdir()
-    config = FloeConfig(
-        model={"path": str(model_dir), "name": MODEL},
-        engine={"kv_cache_memory_bytes": 64 * 2**20, "max_lora_rank": 16, "max_loras": 2,
-                "max_model_len": 512},
-        http={"port": free_port(), "max_body_bytes": 64 * 1024},
-        auth={"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
-        adapters={"roots": [str(root)], "state_dir": str(work / "state"), "drain_timeout_s": 60},
-        retrieval={"path": str(work / "qdrant")},
-        ray={"num_cpus": 2},
-    )
-    url = launcher.start(config, progress=lambda _msg: None)
-    _live = Live(url=url, model=MODEL, model_dir=model_dir, adapter_root=root)
+    _process = start_floe({
+        "model": {"path": str(model_dir), "name": MODEL},
+        "engine": {"kv_cache_memory_bytes": 64 * 2**20, "max_lora_rank": 16, "max_loras": 2,
+                   "max_model_len": 512},
+        "http": {"max_body_bytes": 64 * 1024},
+        "auth": {"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
+        "adapters": {"roots": [str(root)], "state_dir": str(work / "state"), "drain_timeout_s": 60},
+        "retrieval": {"path": str(work / "qdrant")},
+        "ray": {"num_cpus": 2},
+    }, work / "server")
+    _live = Live(url=_process.url, model=MODEL, model_dir=model_dir, adapter_root=root)
     return _live
 
 
-def stop() -> None:
-    global _live
-    if _live is None:
-        return
-    from floe.server import launcher
-
-    _live = None
-    launcher.stop()
+def stop() -> bool:
+    """Stop the server (Ctrl-C to its process group); False if it needed SIGKILL."""
+    global _live, _process
+    if _process is None:
+        return True
+    process, _process, _live = _process, None, None
+    return process.stop()
 
 
 # --- hooks, imported into each conftest that hands out the fixture -------------------------
@@ -142,7 +138,7 @@ def pytest_collection_finish(session) -> None:
 
 def pytest_runtest_teardown(item, nextitem) -> None:
     if item.nodeid == _last_user or nextitem is None:
-        stop()
+        assert stop(), "the SDK test server did not stop within 90 s of Ctrl-C"
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from clients.live import free_port
+from tests.serving import free_port
 from clients.flaky_server import FlakyServer
 from floe.client import (
     APIConnectionError,
