@@ -8,6 +8,7 @@ from floe.adapters.base import InvalidAdapter
 from floe.server.errors import unwrap
 from floe.server.registry import AdapterRef, AdapterState
 from floe.server.registry.routing import engine_for
+from floe.server.services.leases import call
 
 
 class AdapterService:
@@ -17,7 +18,7 @@ class AdapterService:
 
     async def add(self, name: str, source: str) -> tuple[AdapterRef, bool]:
         """Register `name` from `source`; (ref, created). Re-adding identical content is a no-op."""
-        ref: AdapterRef = await self._call(self._registry.register.remote(name, source))
+        ref: AdapterRef = await call(self._registry.register.remote(name, source))
         if ref.state is AdapterState.READY:
             return ref, False
         try:
@@ -39,18 +40,9 @@ class AdapterService:
         return await self._registry.list.remote()
 
     async def get(self, name: str) -> AdapterRef:
-        return await self._call(self._registry.get.remote(name))
+        return await call(self._registry.get.remote(name))
 
     async def remove(self, name: str) -> AdapterRef:
         """Stop routing to `name` now; return once its in-flight requests have finished."""
-        return await self._call(self._registry.remove.remote(name))
+        return await call(self._registry.remove.remote(name))
 
-    @staticmethod
-    async def _call(response: Any) -> Any:
-        try:
-            return await response
-        except Exception as exc:
-            err = unwrap(exc)
-            if err is None or err is exc:
-                raise
-            raise err from exc

@@ -11,6 +11,7 @@ from typing import Any
 from floe.server.engine.messages import OpenAICall, OpenAIRoute, ResponseHead
 from floe.server.errors import InvalidRequest, NotReady, Overloaded, from_status, unwrap
 from floe.server.gateway.metrics import GatewayMetrics, StreamTimer
+from floe.server.registry.routing import engine_for
 
 log = logging.getLogger("floe.inference")
 
@@ -63,6 +64,11 @@ class InferenceService:
         try:
             if adapter is not None:
                 lease = await self._registry.acquire.remote(adapter)
+                if engine_for(lease.ref.capability) != "llm":
+                    raise InvalidRequest(
+                        f"`{adapter}` is a {lease.ref.kind} adapter; it serves its own endpoint, "
+                        f"not {'chat completions' if route == 'chat' else 'completions'}",
+                        param="model")
             model_id = lease.ref.model_id if lease else None
             request = OpenAICall(
                 route=route, body={**body, "model": model_id or self.base_name}, adapter_id=model_id,

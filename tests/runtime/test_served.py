@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-import socket
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +13,7 @@ import torch
 from floe.adapters.encoder import EncoderConfig, write
 from floe.adapters.timeseries import load
 from tests.runtime.helpers import TINY_TS, seasonal
+from tests.serving import start_floe
 
 pytestmark = pytest.mark.slow
 API_KEY, ADMIN_KEY = "rt-key", "rt-admin"
@@ -25,28 +23,20 @@ API_KEY, ADMIN_KEY = "rt-key", "rt-admin"
 def server(tiny_dir, llm, ts_adapter, tmp_path_factory):
     import httpx
 
-    from floe.server import launcher
-    from floe.server.config import FloeConfig
-
-    os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="vllm-cache-"))
     root = tmp_path_factory.mktemp("rt-adapters")
     shutil.copytree(ts_adapter, root / "tiny-ts")
     write(root / "enc-last", EncoderConfig(template="Text: {text}", layer=-1, final_norm=True),
           llm.fingerprint)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = FloeConfig(
-        model={"path": str(tiny_dir), "name": "tiny"},
-        engine={"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 512, "max_lora_rank": 16},
-        http={"port": port},
-        auth={"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
-        adapters={"roots": [str(root)], "state_dir": str(tmp_path_factory.mktemp("rt-state"))},
-        runtime={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_series_length": 500},
-        retrieval={"path": str(tmp_path_factory.mktemp("rt-qdrant"))},
-        ray={"num_cpus": 2},
-    )
-    url = launcher.start(config, progress=lambda _m: None)
+    server = start_floe({
+        "model": {"path": str(tiny_dir), "name": "tiny"},
+        "engine": {"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 512, "max_lora_rank": 16},
+        "auth": {"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
+        "adapters": {"roots": [str(root)], "state_dir": str(tmp_path_factory.mktemp("rt-state"))},
+        "runtime": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_series_length": 500},
+        "retrieval": {"path": str(tmp_path_factory.mktemp("rt-qdrant"))},
+        "ray": {"num_cpus": 2},
+    }, tmp_path_factory.mktemp("rt-server"))
+    url = server.url
     client = httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {API_KEY}"})
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     for name in ("tiny-ts", "enc-last"):
@@ -56,7 +46,7 @@ def server(tiny_dir, llm, ts_adapter, tmp_path_factory):
         yield client, url
     finally:
         client.close()
-        launcher.stop()
+        assert server.stop()
 
 
 def test_served_forecast_equals_offline_adapter(server, llm, ts_adapter):
@@ -170,3 +160,12 @@ def test_retrieval_collections(server):
                        json={"points": [{"id": 3, "vector": [1, 0]}]}).status_code == 400
     assert client.delete("/v1/retrieval/collections/raw").status_code == 200
     assert client.post("/v1/retrieval/collections/raw/search", json={"vector": [1, 0, 0]}).status_code == 404
+
+
+def test_chat_with_a_runtime_adapter_is_a_clear_400(server):
+    client, _ = server
+    reply = client.post("/v1/chat/completions", json={
+        "model": "tiny-ts", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "model"
+    assert "timeseries" in reply.json()["error"]["message"]
