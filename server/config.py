@@ -8,13 +8,14 @@ Environment variables are read here and nowhere else. Config objects never do I/
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ModelConfig(BaseModel):
@@ -63,13 +64,19 @@ class HttpConfig(BaseModel):
 
 
 class AuthConfig(BaseModel):
-    api_keys: list[SecretStr] = Field(default_factory=list, description="Empty: no key required.")
+    # NoDecode: FLOE_AUTH__API_KEYS may be "k1,k2" as well as a JSON list; `_split` parses both.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list,
+                                                          description="Empty: no key required.")
     admin_key: SecretStr | None = Field(None, description="Required for /v1/adapters writes when set.")
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        return [k for k in value.split(",") if k] if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [k.strip() for k in value.split(",") if k.strip()]
 
 
 class AdapterConfig(BaseModel):

@@ -18,8 +18,9 @@ def test_precedence_yaml_env_flags(tmp_path, monkeypatch):
     assert cfg.engine.max_model_len == 1024
 
 
-def test_api_keys_from_env_and_secrets_hidden(monkeypatch):
-    monkeypatch.setenv("FLOE_AUTH__API_KEYS", '["k1","k2"]')
+@pytest.mark.parametrize("raw", ['["k1","k2"]', "k1,k2", " k1 , k2 "])
+def test_api_keys_from_env_and_secrets_hidden(monkeypatch, raw):
+    monkeypatch.setenv("FLOE_AUTH__API_KEYS", raw)
     cfg = load_config()
     assert [k.get_secret_value() for k in cfg.auth.api_keys] == ["k1", "k2"]
     assert "k1" not in repr(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,10 +24,16 @@ def test_metrics_after_traffic(openai_client, live_server):
         pass
     with pytest.raises(Exception):
         openai_client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
-    text = httpx.get(f"{live_server.url}/metrics").text
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    requests = families["floe_requests"]
-    statuses = {(s.labels["route"], s.labels["status"]) for s in requests.samples}
+    # NOTE: a stream is counted when the gateway's generator finishes, a moment after the
+    # client has read `[DONE]`: poll briefly instead of racing it.
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(f"{live_server.url}/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        statuses = {(s.labels["route"], s.labels["status"]) for s in families["floe_requests"].samples}
+        if {("chat", "200"), ("chat", "404")} <= statuses or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert ("chat", "200") in statuses and ("chat", "404") in statuses
     ttft = [s for s in families["floe_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
     assert ttft and ttft[0].value >= 1
