@@ -181,7 +181,9 @@ class TransformersEngine:
                     if not text.endswith("\ufffd"):  # wait for whole characters
                         yield text[len(sent):], len(ids), None
                         sent = text
-                yield "", len(ids), "length"
+                # flush what was held back waiting for a whole character
+                tail = self._tokenizer.decode(ids, skip_special_tokens=True)[len(sent):]
+                yield tail, len(ids), "length"
             finally:
                 streamer.stop.set()
                 await worker

@@ -99,7 +99,7 @@ def test_hot_swap_readd_and_delete_during_stream(live_server, openai_client, adm
 
     # Delete while a stream runs: the stream completes, later requests get 404.
     stream = openai_client.completions.create(model="swap", prompt=PROMPTS[1], max_tokens=200,
-                                              temperature=0, stream=True)
+                                              temperature=0, stream=True, extra_body={"ignore_eos": True})
     chunks = iter(stream)
     first_chunk = next(chunks)
     deleted = {}
