@@ -90,6 +90,10 @@ class RayConfig(BaseModel):
     address: str | None = Field(None, description="Existing cluster (`auto`, `ray://...`); None = start locally.")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a locally started Ray; default: all.")
     app_name: str = "floe"
+    throughput_optimized: bool = Field(
+        True, description="Ray Serve's throughput settings (user code and handle routing on the "
+        "replica's event loop, gRPC between deployments, buffered request logs) for a Ray instance "
+        "floe starts; on a cluster set the same RAY_SERVE_* variables in its environment.")
 
 
 class RuntimeConfig(BaseModel):

@@ -224,3 +224,18 @@ def test_dockerfiles_lint_clean():
          str(DEPLOY / "docker" / "Dockerfile.cpu"), str(DEPLOY / "docker" / "Dockerfile.gpu")],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rayservice_pods_carry_the_serve_throughput_settings():
+    """The cluster runs Serve as `floe serve` does locally (server/launcher.py)."""
+    import yaml
+
+    from floe.server.launcher import SERVE_THROUGHPUT_ENV
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/k8s/base/rayservice.yaml").read_text())
+    spec = doc["spec"]["rayClusterConfig"]
+    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    for template in templates:
+        env = {e["name"]: e.get("value") for c in template["spec"]["containers"] for e in c.get("env", [])}
+        for key, value in SERVE_THROUGHPUT_ENV.items():
+            assert env.get(key) == value, key
