@@ -1,29 +1,3 @@
-"""Fixtures for the FrozenRuntime tests (tiny built-in model, one thread: the CPUs are shared)."""
+"""The adapter-kind tests share the FrozenRuntime tests' fixtures (tiny model, trained adapter)."""
 
-from __future__ import annotations
-
-import pytest
-import torch
-
-from tests.runtime.helpers import train_tiny_adapter
-
-torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir():
-    from floe.server.models.builtin import prepare
-
-    return prepare("floe-tiny-chat")
-
-
-@pytest.fixture(scope="session")
-def llm(tiny_dir):
-    from floe.server.runtime.model import FrozenModel
-
-    return FrozenModel(tiny_dir)
-
-
-@pytest.fixture(scope="session")
-def ts_adapter(llm, tmp_path_factory):
-    return train_tiny_adapter(llm, tmp_path_factory.mktemp("ts") / "tiny-ts")
+from tests.runtime.conftest import llm, tiny_dir, ts_adapter  # noqa: F401  (pytest fixtures)
