@@ -4,6 +4,7 @@ stops cleanly on Ctrl-C; `.ci/run` runs exactly the README's test command."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -49,6 +50,10 @@ def test_make_serve_answers_the_openai_client_and_stops_on_ctrl_c(tmp_path):
             model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, stream=True))
         assert chunks and chunks[-1].choices[0].finish_reason == "length"
         assert client.completions.create(model=model, prompt="Once", max_tokens=3).choices[0].text
+        # the URL line follows floe's own /ready poll, a moment after ours may have succeeded
+        deadline = time.monotonic() + 30
+        while "listens on" not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert "listens on" in (tmp_path / "serve.log").read_text()
     finally:
         assert stop_floe(proc), "`make serve` did not stop within 90 s of Ctrl-C"
