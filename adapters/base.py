@@ -107,6 +107,7 @@ def inspect_adapter(directory: Path, limits: EngineLimits) -> AdapterInfo:
     # NOTE: importing the built-in kinds registers them.
     import floe.adapters.lora  # noqa: F401
     import floe.adapters.encoder  # noqa: F401
+    import floe.adapters.image_encoder  # noqa: F401
     import floe.adapters.timeseries  # noqa: F401
 
     return get_kind(detect_kind(directory)).inspect(directory, limits)

@@ -57,6 +57,9 @@ class FrozenRuntime:
 
     async def embed(self, call: EmbedCall) -> EmbedResult:
         adapter = await self._adapter(call.ref) if call.ref is not None else None
+        if adapter is not None and adapter.image is not None:  # decode images off the loop
+            cfg = await asyncio.to_thread(self.engine.prepare_embed, call, adapter)
+            return await self._embed_batch((call, cfg))
         cfg = self.engine.prepare_embed(call, adapter)
         if call.minilm:
             await asyncio.to_thread(self.engine.minilm)  # first use loads it, off the loop

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from floe.adapters import encoder as encoder_kind
+from floe.adapters import image_encoder as image_kind
 from floe.adapters import timeseries as ts
 from floe.adapters.base import InvalidAdapter
 from floe.server.config import RuntimeConfig
@@ -57,13 +59,23 @@ class MiniLM:
         return out.float(), int(mask.sum())
 
 
+@dataclass(eq=False)
+class ImageInputs:
+    """An embeddings request for an image_encoder adapter, validated and preprocessed."""
+
+    encoder: image_kind.ImageEncoder
+    pixels: torch.Tensor  # [n inputs, 3, H, W]
+
+
 class LoadedAdapter:
-    """An adapter version resident in this replica: a Time-LLM net or an encoder config."""
+    """An adapter version resident in this replica: a Time-LLM net, an encoder config, or an
+    image encoder (ViT + projector)."""
 
     def __init__(self, ref: AdapterRef, llm: FrozenModel, path: Path) -> None:
         self.ref = ref
         self.timeseries: ts.TimeLLM | None = None
         self.encoder: encoder_kind.EncoderConfig | None = None
+        self.image: image_kind.ImageEncoder | None = None
         if ref.kind == ts.KIND:
             self.timeseries = ts.load(path, llm)
         elif ref.kind == encoder_kind.KIND:
@@ -71,9 +83,13 @@ class LoadedAdapter:
             if manifest.get("base_model"):
                 ts.check_base(manifest, llm.fingerprint)
             self.encoder = encoder_kind.load(path)
+        elif ref.kind == image_kind.KIND:
+            ts.check_base(image_kind.AdapterKind.read_manifest(path), llm.fingerprint)
+            self.image = image_kind.load(path, llm.hidden_size)
         else:
             raise InvalidAdapter(f"adapter kind {ref.kind!r} does not run on the FrozenRuntime "
-                                 f"(it serves: {[ts.KIND, encoder_kind.KIND]})", param="model")
+                                 f"(it serves: {[ts.KIND, encoder_kind.KIND, image_kind.KIND]})",
+                                 param="model")
 
 
 class RuntimeEngine:
@@ -124,26 +140,45 @@ class RuntimeEngine:
         return results
 
     # -- embeddings -------------------------------------------------------------------------
-    def prepare_embed(self, call: EmbedCall, adapter: LoadedAdapter | None) -> encoder_kind.EncoderConfig | None:
+    def prepare_embed(self, call: EmbedCall,
+                      adapter: LoadedAdapter | None) -> encoder_kind.EncoderConfig | ImageInputs | None:
+        if adapter is not None and adapter.image is not None:
+            return self.prepare_images(call, adapter.image)
+        for i, item in enumerate(call.inputs):
+            if image_kind.is_image_input(item):
+                raise InvalidRequest(f"input[{i}] is an image; `{call.ref.name if call.ref else 'this model'}` "
+                                     "embeds text (images need an image_encoder adapter)", param="input")
         if call.minilm:
             return None
         if adapter is None:
             return encoder_kind.EncoderConfig()
         if adapter.encoder is None:
             raise InvalidRequest(f"`{call.ref.name}` is a {call.ref.kind} adapter; embeddings need an "
-                                 "encoder adapter", param="model")
+                                 "encoder or image_encoder adapter", param="model")
         return adapter.encoder
 
+    def prepare_images(self, call: EmbedCall, encoder: image_kind.ImageEncoder) -> ImageInputs:
+        """Decode and preprocess every image of one request (400 on a bad one, before batching)."""
+        limit = self.config.max_image_bytes
+        images = [image_kind.decode_image(image_kind.data_url_bytes(item, i, limit), i)
+                  for i, item in enumerate(call.inputs)]
+        return ImageInputs(encoder, image_kind.preprocess(images, encoder.image_size, encoder.cfg))
+
     @torch.no_grad()
-    def embed_batch(self, items: list[tuple[EmbedCall, encoder_kind.EncoderConfig | None]]) -> list[EmbedResult]:
+    def embed_batch(self, items: list[tuple[EmbedCall, encoder_kind.EncoderConfig | ImageInputs | None]]
+                    ) -> list[EmbedResult]:
         groups: dict[Any, list[int]] = defaultdict(list)
         for i, (call, cfg) in enumerate(items):
-            groups[cfg].append(i)
+            groups[cfg.encoder if isinstance(cfg, ImageInputs) else cfg].append(i)
         results: list[Any] = [None] * len(items)
         with self.llm.lock:
             for cfg, indices in groups.items():
                 flat = [x for i in indices for x in items[i][0].inputs]
-                if cfg is None:
+                if isinstance(cfg, image_kind.ImageEncoder):  # one ViT forward for the group
+                    vectors = cfg(torch.cat([items[i][1].pixels for i in indices]))
+                    counts = [cfg.num_tokens * len(items[i][0].inputs) for i in indices]
+                    normalized = cfg.cfg.normalize
+                elif cfg is None:
                     vectors, _ = self.minilm().encode(flat)
                     counts = [self._minilm_tokens(items[i][0].inputs) for i in indices]
                     normalized = True

@@ -26,8 +26,8 @@ class ForecastResult:
 
 @dataclass(frozen=True)
 class EmbedCall:
-    inputs: list[str | list[int]]
-    ref: AdapterRef | None = None  # an `encoder` adapter; None = the base with FLAME defaults
+    inputs: list[str | list[int]]  # image_encoder adapters: `data:image/...;base64,...` strings
+    ref: AdapterRef | None = None  # an `encoder` / `image_encoder` adapter; None = the base, FLAME defaults
     minilm: bool = False  # the packaged all-MiniLM-L6-v2 instead of the LLM
 
 

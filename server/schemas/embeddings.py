@@ -8,6 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class EmbeddingRequest(BaseModel):
+    """`input`: a string, strings, or token arrays. When `model` is an `image_encoder` adapter,
+    each string is one image as a data URL, `data:image/<type>;base64,<data>` (never an
+    http(s) URL: the server fetches nothing); text and token arrays are refused there, and
+    image data URLs are refused by text models."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., min_length=1)

@@ -1,4 +1,5 @@
-"""Embeddings: resolve the model (base FLAME encoder, an encoder adapter, or MiniLM), embed."""
+"""Embeddings: resolve the model (base FLAME encoder, an encoder or image_encoder adapter, or
+MiniLM), embed. Image data URLs pass through as strings; the FrozenRuntime decodes them."""
 
 from __future__ import annotations
 

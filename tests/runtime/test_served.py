@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from floe.adapters import image_encoder
 from floe.adapters.encoder import EncoderConfig, write
 from floe.adapters.timeseries import load
 from tests.runtime.helpers import TINY_TS, seasonal
+from tests.runtime.test_image_encoder import data_url, manual_embedding, png
 from tests.serving import start_floe
 
 pytestmark = pytest.mark.slow
 API_KEY, ADMIN_KEY = "rt-key", "rt-admin"
+IMAGE_LIMIT, IMAGE_SEED = 20_000, 11  # the served image_encoder: largest image (bytes), seed
 
 
 @pytest.fixture(scope="package")
@@ -27,19 +30,21 @@ def server(tiny_dir, llm, ts_adapter, tmp_path_factory):
     shutil.copytree(ts_adapter, root / "tiny-ts")
     write(root / "enc-last", EncoderConfig(template="Text: {text}", layer=-1, final_norm=True),
           llm.fingerprint)
+    image_encoder.write(root / "img-enc", llm.hidden_size, llm.fingerprint, seed=IMAGE_SEED)
     server = start_floe({
         "model": {"path": str(tiny_dir), "name": "tiny"},
         "engine": {"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 512, "max_lora_rank": 16},
         "auth": {"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
         "adapters": {"roots": [str(root)], "state_dir": str(tmp_path_factory.mktemp("rt-state"))},
-        "runtime": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_series_length": 500},
+        "runtime": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_series_length": 500,
+                    "max_image_bytes": IMAGE_LIMIT},
         "retrieval": {"path": str(tmp_path_factory.mktemp("rt-qdrant"))},
         "ray": {"num_cpus": 2},
     }, tmp_path_factory.mktemp("rt-server"))
     url = server.url
     client = httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {API_KEY}"})
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    for name in ("tiny-ts", "enc-last"):
+    for name in ("tiny-ts", "enc-last", "img-enc"):
         reply = client.post("/v1/adapters", json={"name": name, "source": str(root / name)}, headers=admin)
         assert reply.status_code == 201, reply.text
     try:
@@ -169,3 +174,44 @@ def test_chat_with_a_runtime_adapter_is_a_clear_400(server):
     assert reply.status_code == 400
     assert reply.json()["error"]["param"] == "model"
     assert "timeseries" in reply.json()["error"]["message"]
+
+
+def test_image_embeddings_equal_the_offline_adapter(server, llm, tmp_path):
+    client, _ = server
+    offline = image_encoder.write(tmp_path / "img-enc", llm.hidden_size, llm.fingerprint, seed=IMAGE_SEED)
+    images = [png(21), png(22, (50, 31))]
+    reply = client.post("/v1/embeddings", json={"model": "img-enc", "input": [data_url(x) for x in images]})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    vecs = np.array([d["embedding"] for d in body["data"]])
+    for vec, data in zip(vecs, images):
+        np.testing.assert_allclose(vec, manual_embedding(offline, data).numpy(), atol=1e-5)
+    assert body["usage"]["prompt_tokens"] == 2 * 17  # ViT tokens: (32 / 8) ** 2 patches + CLS
+    raw = client.post("/v1/embeddings", json={"model": "img-enc", "input": data_url(images[0]),
+                                              "encoding_format": "base64", "dimensions": 16}).json()
+    short = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4")
+    np.testing.assert_allclose(short, vecs[0, :16] / np.linalg.norm(vecs[0, :16]), atol=1e-5)
+
+
+@pytest.mark.parametrize("model, item, code", [
+    ("img-enc", "a photo of a cat", None),
+    ("img-enc", "https://example.com/cat.png", "unsupported_image_url"),
+    ("img-enc", "data:image/png;base64,aGVsbG8gd29ybGQ=", "invalid_image"),
+    ("img-enc", "data:image/png;base64,###", None),
+    ("img-enc", [1, 2, 3], None),
+    ("img-enc", "large", "image_too_large"),
+    ("tiny", "small", None),
+    ("all-MiniLM-L6-v2", "small", None),
+])
+def test_bad_image_embeddings(server, model, item, code):
+    client, _ = server
+    if item == "small":
+        item = data_url(png(23, (8, 8)))
+    elif item == "large":
+        item = data_url(png(24, (100, 100)))  # ~30 kB of noise > IMAGE_LIMIT
+    reply = client.post("/v1/embeddings", json={"model": model, "input": [item]})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "input" and error["message"]
+    if code is not None:
+        assert error["code"] == code

@@ -1,0 +1,142 @@
+"""The image_encoder adapter kind (FLAME image side): ViT CLS -> MLP projector -> L2."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from floe.adapters import image_encoder as image_kind
+from floe.adapters.base import EngineLimits, InvalidAdapter, inspect_adapter
+from floe.server.errors import InvalidRequest
+
+
+def png(seed: int, size: tuple[int, int] = (40, 28), mode: str = "RGB") -> bytes:
+    """A deterministic noise PNG (any size: the adapter resizes it)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8), mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def manual_embedding(adapter_dir, data: bytes, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
+    """The FLAME image embedding computed by hand from the adapter's files."""
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import ViTModel
+
+    vit = ViTModel.from_pretrained(adapter_dir / "vision", add_pooling_layer=False).eval()
+    w = load_file(str(adapter_dir / "projector.safetensors"))
+    size = vit.config.image_size
+    img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BICUBIC)
+    x = torch.tensor(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    with torch.no_grad():
+        cls = vit(pixel_values=x[None]).last_hidden_state[0, 0]
+        h = torch.nn.functional.gelu(cls @ w["0.weight"].T + w["0.bias"])
+        out = h @ w["2.weight"].T + w["2.bias"]
+    return out / out.norm()
+
+
+@pytest.fixture(scope="module")
+def image_adapter(llm, tmp_path_factory):
+    return image_kind.write(tmp_path_factory.mktemp("img") / "img-enc", llm.hidden_size, llm.fingerprint,
+                            seed=3)
+
+
+def test_embedding_equals_manual_vit_projector_l2(image_adapter, llm):
+    encoder = image_kind.load(image_adapter, llm.hidden_size)
+    images = [png(1), png(2, (17, 50), "RGBA")]
+    got = encoder.embed(images)
+    assert got.shape == (2, llm.hidden_size)
+    for row, data in zip(got, images):
+        torch.testing.assert_close(row, manual_embedding(image_adapter, data), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got[0], got[1])
+
+
+def test_write_is_seeded_and_the_manifest_mean_std_are_used(llm, tmp_path):
+    a = image_kind.load(image_kind.write(tmp_path / "a", llm.hidden_size, llm.fingerprint, seed=5))
+    b = image_kind.load(image_kind.write(tmp_path / "b", llm.hidden_size, llm.fingerprint, seed=5))
+    torch.testing.assert_close(a.embed([png(4)]), b.embed([png(4)]))
+    cfg = image_kind.ImageEncoderConfig(mean=(0.4, 0.45, 0.5), std=(0.2, 0.25, 0.3))
+    c_dir = image_kind.write(tmp_path / "c", llm.hidden_size, llm.fingerprint, seed=5, cfg=cfg)
+    c = image_kind.load(c_dir)
+    assert c.cfg == cfg
+    torch.testing.assert_close(c.embed([png(4)])[0], manual_embedding(c_dir, png(4), cfg.mean, cfg.std),
+                               atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a.embed([png(4)]), c.embed([png(4)]))
+
+
+def test_inspect_and_load_checks(image_adapter, llm, tmp_path):
+    info = inspect_adapter(image_adapter, EngineLimits())
+    assert (info.kind, info.capability, info.base_model) == ("image_encoder", "hidden_states", llm.fingerprint)
+    assert info.details["image_size"] == 32
+    with pytest.raises(InvalidAdapter, match="width"):
+        image_kind.load(image_adapter, llm.hidden_size + 1)
+    bare = image_kind.write(tmp_path / "nobase", llm.hidden_size, None)
+    with pytest.raises(InvalidAdapter, match="base_model"):
+        inspect_adapter(bare, EngineLimits())
+    (image_adapter.parent / "broken").mkdir()
+    (image_adapter.parent / "broken" / "floe_adapter.json").write_text('{"kind": "image_encoder"}')
+    with pytest.raises(InvalidAdapter, match="vision"):
+        inspect_adapter(image_adapter.parent / "broken", EngineLimits())
+
+
+def test_runtime_engine_embeds_images_and_refuses_bad_inputs(image_adapter, llm):
+    from floe.server.config import RuntimeConfig
+    from floe.server.registry import AdapterRef
+    from floe.server.runtime.engine import RuntimeEngine
+    from floe.server.runtime.messages import EmbedCall
+
+    engine = RuntimeEngine(llm, RuntimeConfig(max_image_bytes=2000))
+    ref = AdapterRef(name="img-enc", version="0" * 64, kind="image_encoder", capability="hidden_states",
+                     path=str(image_adapter))
+    adapter = engine.load_adapter(ref, image_adapter)
+    small = png(7, (12, 12))
+    assert len(small) < 2000
+    call = EmbedCall(inputs=[data_url(small)], ref=ref)
+    (result,) = engine.embed_batch([(call, engine.prepare_embed(call, adapter))])
+    torch.testing.assert_close(torch.tensor(result.vectors[0]), manual_embedding(image_adapter, small),
+                               atol=1e-5, rtol=1e-5)
+    assert result.prompt_tokens == 17 and result.normalized
+    bad = ["a photo of a cat", "https://example.com/cat.png", data_url(b"not an image"),
+           data_url(png(8, (64, 64))), "data:image/png,rawbytes", [1, 2, 3]]
+    for item in bad:
+        with pytest.raises(InvalidRequest) as err:
+            engine.prepare_embed(EmbedCall(inputs=[item], ref=ref), adapter)
+        assert err.value.param == "input"
+    with pytest.raises(InvalidRequest, match="image"):
+        engine.prepare_embed(EmbedCall(inputs=["hello", data_url(small)]), None)
+
+
+def test_a_batch_mixing_image_and_text_requests_equals_one_at_a_time(image_adapter, llm):
+    from floe.server.config import RuntimeConfig
+    from floe.server.registry import AdapterRef
+    from floe.server.runtime.engine import RuntimeEngine
+    from floe.server.runtime.messages import EmbedCall
+
+    engine = RuntimeEngine(llm, RuntimeConfig())
+    ref = AdapterRef(name="img-enc", version="1" * 64, kind="image_encoder", capability="hidden_states",
+                     path=str(image_adapter))
+    adapter = engine.load_adapter(ref, image_adapter)
+    calls = [EmbedCall(inputs=[data_url(png(30)), data_url(png(31))], ref=ref),
+             EmbedCall(inputs=["hello world"]),
+             EmbedCall(inputs=[data_url(png(32, (9, 70)))], ref=ref)]
+    prepared = [(c, engine.prepare_embed(c, adapter if c.ref else None)) for c in calls]
+    together = engine.embed_batch(prepared)
+    for item, result in zip(prepared, together):
+        (alone,) = engine.embed_batch([item])
+        np.testing.assert_allclose(result.vectors, alone.vectors, atol=1e-5)
+    assert [len(r.vectors) for r in together] == [2, 1, 1]
+    assert len(together[0].vectors[0]) == llm.hidden_size == len(together[1].vectors[0])
