@@ -83,37 +83,3 @@ def start_floe(config: dict[str, Any], workdir: Path) -> FloeProcess:
     proc, url = spawn_floe([sys.executable, "-m", "floe.server.cli", "serve", "--config", str(path)],
                            port, log)
     return FloeProcess(url=url, process=proc, log=log)
-
-
-@dataclass
-class LiveServer:
-    """A running server as test packages see it: URL, served base model, adapter root."""
-
-    url: str
-    model: str
-    model_dir: Path
-    adapter_root: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
-
-    def adapter(self, name: str, seed: int) -> Path:
-        """A fresh PEFT LoRA directory `name` under the allowed root."""
-        return make_adapter(self.adapter_root, name, self.model_dir, seed=seed)
-
-
-def make_adapter(root: Path, name: str, base_dir: Path, seed: int, rank: int = 8) -> Path:
-    """A seeded PEFT LoRA directory under the allowed root (fresh each call)."""
-    import shutil
-
-    from floe.server.models.builtin import build_lora
-
-    cache = Path(os.environ["FLOE_CACHE_DIR"]) / "test-adapters" / f"{base_dir.name}-s{seed}-r{rank}"
-    build_lora(base_dir, cache, seed=seed, rank=rank)
-    target = root / name
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(cache, target)
-    (target / "floe_built.json").unlink(missing_ok=True)
-    return target

@@ -9,21 +9,56 @@ with the keys and names the docs use, so the docs' examples run unchanged except
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from tests.serving import LiveServer
 
 API_KEY = "floe-api-key"
 ADMIN_KEY = "floe-admin-key"
 MODEL = "floe-tiny-chat"
 FIXTURE = "floe_live"
 
-# the clients/docs tests name it `Live`
-Live = LiveServer
+_SERVER_CONFTEST = Path(__file__).resolve().parents[1] / "server" / "conftest.py"
+
+
+def _server_helpers():
+    """tests/server/conftest.py's helpers (make_adapter, free_port), imported by path."""
+    spec = importlib.util.spec_from_file_location("_floe_server_test_helpers", _SERVER_CONFTEST)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+make_adapter = _server_helpers().make_adapter
+
+
+@dataclass
+class Live:
+    url: str
+    model: str
+    model_dir: Path
+    adapter_root: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def adapter(self, name: str, seed: int) -> Path:
+        """A fresh PEFT LoRA directory `name` under the allowed root."""
+        return make_adapter(self.adapter_root, name, self.model_dir, seed=seed)
+
+    def timeseries_adapter(self, name: str) -> Path:
+        """A real Time-LLM adapter (one short epoch on synthetic seasonal series) under the root."""
+        target = self.adapter_root / name
+        if not target.exists():
+            train_timeseries(self.model_dir, target)
+        return target
 
 
 TINY_TS = dict(seq_len=24, horizon=6, patch_len=8, stride=4, d_model=16, n_heads=2, d_ff=16,
