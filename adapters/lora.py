@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from floe.adapters.base import AdapterInfo, AdapterKind, EngineLimits, InvalidAdapter, register_kind
+from floe.server.kinds import AdapterInfo, EngineLimits, InvalidAdapter, LLMKind, register_kind
 
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 @register_kind
-class LoRAKind(AdapterKind):
+class LoRAKind(LLMKind):
     name = "lora"
-    capability = "generate"
 
-    def inspect(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
+    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
         config_path = directory / "adapter_config.json"
         if not config_path.is_file():
             raise InvalidAdapter("a LoRA adapter needs adapter_config.json (PEFT format)", param="source")
@@ -37,9 +37,15 @@ class LoRAKind(AdapterKind):
         if not any((directory / f).is_file() for f in _WEIGHT_FILES):
             raise InvalidAdapter(f"no weights: expected one of {_WEIGHT_FILES}", param="source")
         manifest = self.read_manifest(directory)
-        return AdapterInfo(
-            kind=self.name, capability=self.capability,
-            base_model=manifest.get("base_model") or config.get("base_model_name_or_path"),
-            version=manifest.get("version"),
-            details={"rank": rank, "target_modules": config.get("target_modules")},
-        )
+        info = self.info(manifest, rank=rank, target_modules=config.get("target_modules"))
+        if info.base_model is None and config.get("base_model_name_or_path"):
+            info = AdapterInfo(**{**info.__dict__, "base_model": config["base_model_name_or_path"]})
+        return info
+
+    async def load(self, directory: Path, backbone: Any, ref: Any) -> str:
+        """`backbone` is the replica's engine (server/engine/protocol.py); vLLM keeps the weights."""
+        await backbone.load_adapter(ref, str(directory))
+        return ref.model_id
+
+    async def unload(self, loaded: Any, backbone: Any, ref: Any) -> None:
+        await backbone.unload_adapter(ref.model_id)

@@ -25,8 +25,9 @@ SEQ_LEN, HORIZON, SEASON, TRAIN = 36, 12, 12, 108
 
 
 def accuracy(llm, series: list[float], epochs: int, out: Path) -> Path:
-    from floe.adapters.timeseries import TimeLLMConfig, save
-    from floe.adapters.timeseries_train import TrainConfig, train
+    from floe.adapters.timeseries import TimeLLMConfig
+    from floe.adapters.timeseries.model import save
+    from floe.adapters.timeseries.train import TrainConfig, train
 
     cfg = TimeLLMConfig(seq_len=SEQ_LEN, horizon=HORIZON, description=(
         "Monthly totals of international airline passengers, 1949 to 1960, in thousands."))
@@ -50,36 +51,48 @@ def accuracy(llm, series: list[float], epochs: int, out: Path) -> Path:
 
 async def _fire(handle, calls) -> float:
     t0 = time.perf_counter()
-    await asyncio.gather(*[handle.forecast.remote(c) for c in calls])
+    await asyncio.gather(*[handle.run.remote(c) for c in calls])
     return time.perf_counter() - t0
 
 
+async def _register(registry, adapter: Path):
+    ref = await registry.register.remote("airline", str(adapter))
+    return await registry.activate.remote(ref.model_id)
+
+
 def throughput(model_dir: Path, adapter: Path, series: list[float], requests: int) -> None:
+    import tempfile
+
     import ray
     from ray import serve
 
     from floe.server.config import FloeConfig
-    from floe.server.registry import AdapterRef
+    from floe.server.registry.deployment import RegistryServer
     from floe.server.runtime.deployment import frozen_runtime_class
-    from floe.server.runtime.messages import ForecastCall
+    from floe.server.runtime.messages import RuntimeCall
+    from floe.server.schemas.forecasts import ForecastCall
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "FLOE_CACHE_DIR": os.environ["FLOE_CACHE_DIR"]}})
-    ref = AdapterRef(name="airline", version="b" * 64, kind="timeseries", capability="hidden_states",
-                     path=str(adapter))
     y = series
-    calls = [ForecastCall(ref=ref, series=[y[i % 60:i % 60 + SEQ_LEN + 24]]) for i in range(requests)]
     print(f"\nforecasts/s, {requests} concurrent requests (1 series each) to one FrozenRuntime replica:")
     rates = {}
+    quiet = {"log_level": "WARNING", "enable_access_log": False}
     try:
         for batch in (16, 1):
             cfg = FloeConfig(model={"path": str(model_dir)}, runtime={
-                "max_batch_size": batch, "batch_wait_timeout_s": 0.01, "num_cpus": 1})
+                "max_batch_size": batch, "batch_wait_timeout_s": 0.01, "num_cpus": 1},
+                adapters={"roots": [str(adapter.parent)], "state_dir": tempfile.mkdtemp()})
+            data = cfg.dump_for_deploy()
+            registry = serve.deployment(RegistryServer, name="AdapterRegistry", logging_config=quiet,
+                                        ray_actor_options={"num_cpus": 0}).bind(data, "bench")
             app = serve.deployment(frozen_runtime_class(4), name="FrozenRuntime",
                                    ray_actor_options={"num_cpus": 1}, max_ongoing_requests=1024,
-                                   logging_config={"log_level": "WARNING", "enable_access_log": False}
-                                   ).bind(cfg.dump_for_deploy())
+                                   logging_config=quiet).bind(data, registry)
             handle = serve.run(app, name="bench", route_prefix=None)
+            ref = asyncio.run(_register(serve.get_deployment_handle("AdapterRegistry", "bench"), adapter))
+            calls = [RuntimeCall("timeseries", ForecastCall(series=[y[i % 60:i % 60 + SEQ_LEN + 24]]), ref=ref)
+                     for i in range(requests)]
             handle = handle.options(multiplexed_model_id=ref.model_id)
             asyncio.run(_fire(handle, calls[:4]))  # warm: adapter load
             seconds = min(asyncio.run(_fire(handle, calls)) for _ in range(2))

@@ -51,7 +51,7 @@ def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
         Gateway, name="Gateway", num_replicas=dep.gateway_replicas,
         ray_actor_options={"num_cpus": dep.gateway_num_cpus},
         max_ongoing_requests=max(config.http.max_in_flight * 2, 100),
-    ).bind(data, base_name, engine, registry, runtime, store)
+    ).bind(data, base_name, {"engine": engine, "registry": registry, "runtime": runtime, "store": store})
 
 
 def _bind_runtime(config: FloeConfig, data: dict[str, Any], registry: Any) -> tuple[Any, Any]:

@@ -158,11 +158,25 @@ def _mount_plugins() -> None:
     register(app)
 
 
+def _mount_trainers() -> None:
+    """`floe adapters train <kind>`: every kind that declares a trainer brings its command."""
+    from importlib import import_module
+
+    from floe.server.kinds import get_kind, known_kinds
+
+    train_app = typer.Typer(help="Train adapters offline (the base model stays frozen).",
+                            no_args_is_help=True)
+    adapters_app.add_typer(train_app, name="train")
+    for name in known_kinds():
+        trainer = get_kind(name).trainer
+        if trainer:
+            module, _, function = trainer.partition(":")
+            train_app.command(name)(getattr(import_module(module), function))
+
+
 def main() -> None:
     _mount_plugins()
-    from floe.server.runtime.cli import register as register_training
-
-    register_training(adapters_app)
+    _mount_trainers()
     app(prog_name="floe")
 
 

@@ -111,3 +111,14 @@ def unwrap(exc: BaseException) -> FloeError | None:
         if cause is not None and cause is not exc:
             return unwrap(cause)
     return None
+
+
+async def call(response: Any) -> Any:
+    """Await a Ray handle call; a FloeError raised in a replica comes back as itself."""
+    try:
+        return await response
+    except Exception as exc:
+        err = unwrap(exc)
+        if err is None or err is exc:
+            raise
+        raise err from exc

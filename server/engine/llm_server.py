@@ -20,6 +20,7 @@ from ray import serve
 from floe.server.config import FloeConfig
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
 from floe.server.engine.protocol import Engine
+from floe.server.kinds import InvalidAdapter, LLMKind, get_kind
 from floe.server.registry import AdapterRef, snapshots
 
 log = logging.getLogger("floe.llm_server")
@@ -39,6 +40,13 @@ def select_engine(config: FloeConfig, model_dir: Path, served_name: str) -> Engi
     from floe.server.engine.vllm_engine import VLLMEngine
 
     return VLLMEngine(config.engine, model_dir, served_name, manifest.get("load_kwargs"))
+
+
+class LLMResident:
+    """An adapter version loaded into this replica's engine, with the kind that owns it."""
+
+    def __init__(self, kind: LLMKind, ref: AdapterRef, value: Any) -> None:
+        self.kind, self.ref, self.value = kind, ref, value
 
 
 class AdapterSlot:
@@ -71,7 +79,7 @@ class LLMServer:
         self._engine = engine or select_engine(self._config, model_dir, served_name)
         await self._engine.start()
         self._inflight: Counter[str] = Counter()
-        self._loaded: set[str] = set()  # model_ids present in the engine
+        self._loaded: dict[str, LLMResident] = {}  # model_id -> adapter present in the engine
         self._retiring: set[str] = set()  # unload once their last request ends
         self._state_dir = self._config.resolved_state_dir()
         self._sync = asyncio.create_task(self._sync_loop())
@@ -85,9 +93,11 @@ class LLMServer:
             return
         self._inflight[model_id] += 1
         try:
-            await self.get_adapter(model_id)
-            await self._ensure_loaded(model_id)
-            async for item in self._engine.openai(request):
+            resident = await self._resident(model_id)
+            # The kind's hooks: e.g. media parts -> prompt embeddings, tool-token ids -> tool_calls.
+            request = await resident.kind.rewrite_request(resident.value, request)
+            frames = self._engine.openai(request)
+            async for item in resident.kind.rewrite_response(resident.value, request, frames):
                 yield item
         finally:
             self._release(model_id)
@@ -96,10 +106,17 @@ class LLMServer:
         """Load an adapter now (used by registration to validate it in a real engine)."""
         self._inflight[model_id] += 1
         try:
-            await self.get_adapter(model_id)
-            await self._ensure_loaded(model_id)
+            await self._resident(model_id)
         finally:
             self._release(model_id)
+
+    async def _resident(self, model_id: str) -> LLMResident:
+        """Serve's LRU holds the slot; the slot's load put the adapter in the engine."""
+        await self.get_adapter(model_id)
+        resident = self._loaded.get(model_id)
+        if resident is None:  # evicted and retired between two requests: load it again
+            resident = await self._ensure_loaded(model_id)
+        return resident
 
     async def get_adapter(self, model_id: str) -> AdapterSlot:  # replaced by the multiplexed one
         raise NotImplementedError
@@ -110,17 +127,21 @@ class LLMServer:
         await self._ensure_loaded(model_id, ref)
         return slot
 
-    async def _ensure_loaded(self, model_id: str, ref: AdapterRef | None = None) -> None:
+    async def _ensure_loaded(self, model_id: str, ref: AdapterRef | None = None) -> LLMResident:
         self._retiring.discard(model_id)
         if model_id in self._loaded:
-            return
+            return self._loaded[model_id]
         ref = ref or await self._registry.version.remote(model_id)
+        kind = get_kind(ref.kind)
+        if not isinstance(kind, LLMKind):
+            raise InvalidAdapter(f"{ref.kind} adapters do not run on the LLM engine", param="model")
         path = Path(ref.path)
         if not path.is_dir():  # another node registered it: fetch the verified bytes
             files = await self._registry.read_files.remote(model_id)
             path = await asyncio.to_thread(snapshots.materialize, files, ref.version, self._state_dir)
-        await self._engine.load_adapter(ref, str(path))
-        self._loaded.add(model_id)
+        resident = LLMResident(kind, ref, await kind.load(path, self._engine, ref))
+        self._loaded[model_id] = resident
+        return resident
 
     def retire(self, model_id: str) -> None:
         """Unload when idle: now, or when the last in-flight request on it ends."""
@@ -141,8 +162,9 @@ class LLMServer:
         if model_id not in self._retiring or self._inflight[model_id]:
             return
         self._retiring.discard(model_id)
-        self._loaded.discard(model_id)
-        await self._engine.unload_adapter(model_id)
+        resident = self._loaded.pop(model_id, None)
+        if resident is not None:
+            await resident.kind.unload(resident.value, self._engine, resident.ref)
         log.info("unloaded adapter %s", model_id)
 
     async def _sync_loop(self) -> None:
@@ -154,7 +176,7 @@ class LLMServer:
             except Exception:  # registry restarting: try again next round
                 log.debug("adapter sync skipped", exc_info=True)
                 continue
-            for model_id in list(self._loaded - live):
+            for model_id in list(set(self._loaded) - live):
                 self.retire(model_id)
 
     # -- operations ---------------------------------------------------------------------

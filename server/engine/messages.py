@@ -34,5 +34,4 @@ class ResponseHead:
 @dataclass(frozen=True)
 class EngineStats:
     running: int = 0
-    waiting: int = 0
     adapters_loaded: list[str] = field(default_factory=list)

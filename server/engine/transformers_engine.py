@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from floe.adapters.base import InvalidAdapter
+from floe.server.kinds import InvalidAdapter
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
 from floe.server.engine.vllm_engine import _error_head, _validation_message
 from floe.server.registry import AdapterRef

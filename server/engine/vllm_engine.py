@@ -17,7 +17,7 @@ from typing import Any
 import prometheus_client
 from pydantic import BaseModel, ValidationError
 
-from floe.adapters.base import InvalidAdapter
+from floe.server.kinds import InvalidAdapter
 from floe.server.config import EngineConfig
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
 from floe.server.registry import AdapterRef

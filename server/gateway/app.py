@@ -1,11 +1,10 @@
-"""FastAPI assembly of the gateway: routers, error handlers. No Ray here, so it is testable."""
+"""FastAPI assembly of the gateway: every family's router, error handlers. No Ray here."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from floe.server.gateway.errors import install_error_handlers
-from floe.server.gateway.routes import adapters, embeddings, forecasts, openai, ops, retrieval
 from floe.server.gateway.state import GatewayState
 
 
@@ -14,6 +13,6 @@ def create_app(state: GatewayState) -> FastAPI:
                   description="Frozen multimodal models as APIs, adapters hot-swapped per request.")
     app.state.floe = state
     install_error_handlers(app)
-    for module in (openai, adapters, ops, forecasts, embeddings, retrieval):
-        app.include_router(module.router)
+    for family in state.families:
+        app.include_router(family.router)
     return app

@@ -10,7 +10,10 @@ from fastapi import Request
 from floe.server.errors import InvalidRequest, PayloadTooLarge
 
 
-async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+async def read_json_object(request: Request, max_bytes: int | None = None) -> dict[str, Any]:
+    """The body as a JSON object, within `max_bytes` (default: the gateway's `http.max_body_bytes`)."""
+    if max_bytes is None:
+        max_bytes = request.app.state.floe.config.http.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}")

@@ -3,44 +3,57 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
 from floe.server.config import FloeConfig
+from floe.server.errors import NotFound
 from floe.server.gateway.auth import KeyChecker
-from floe.server.gateway.metrics import GatewayMetrics
-from floe.server.services.adapters import AdapterService
-from floe.server.services.embeddings import EmbeddingService
-from floe.server.services.forecasts import ForecastService
-from floe.server.services.health import HealthService
-from floe.server.services.inference import InferenceService
-from floe.server.services.retrieval import RetrievalService
-
-
-@dataclass
-class RuntimeServices:
-    """Services on the FrozenRuntime (and the vector store); absent when it is disabled."""
-
-    forecasts: ForecastService
-    embeddings: EmbeddingService
-    retrieval: RetrievalService
+from floe.server.gateway.families import Family, GatewayContext
+from floe.server.metrics import GatewayMetrics
 
 
 @dataclass
 class GatewayState:
     config: FloeConfig
-    inference: InferenceService
-    adapters: AdapterService
-    health: HealthService
+    base_name: str
     metrics: GatewayMetrics
     keys: KeyChecker
+    families: list[Family] = field(default_factory=list)
+    services: dict[str, Any] = field(default_factory=dict)  # family name -> service (None: absent)
     started: int = field(default_factory=lambda: int(time.time()))
-    runtime: RuntimeServices | None = None
+
+    @classmethod
+    def build(cls, ctx: GatewayContext, families: list[Family]) -> "GatewayState":
+        state = cls(config=ctx.config, base_name=ctx.base_name, metrics=ctx.metrics,
+                    keys=KeyChecker(ctx.config.auth), families=families)
+        for family in families:
+            state.services[family.name] = family.build(ctx)
+        return state
+
+    def service(self, name: str) -> Any:
+        service = self.services.get(name)
+        if service is None:
+            family = next((f for f in self.families if f.name == name), None)
+            raise NotFound(family.unavailable if family else f"no endpoint family {name!r}",
+                           code="endpoint_disabled")
+        return service
 
 
 def gateway_state(request: Request) -> GatewayState:
     return request.app.state.floe
+
+
+def service(name: str) -> Callable[[Request], Any]:
+    """A FastAPI dependency: the family's service, or 404 when it is not enabled here."""
+
+    def dependency(request: Request) -> Any:
+        return gateway_state(request).service(name)
+
+    return dependency
 
 
 def api_auth(request: Request) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from floe.adapters.base import EngineLimits
+from floe.server.kinds import EngineLimits
 from floe.server.config import FloeConfig
 from floe.server.registry.registry import AdapterRegistry
 

@@ -19,25 +19,23 @@ import asyncio
 import itertools
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from floe.adapters.base import EngineLimits, inspect_adapter
 from floe.server.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
+from floe.server.kinds import EngineLimits, inspect_adapter
+from floe.server.names import NAME_RULE, valid_name
 from floe.server.registry import snapshots
 
 log = logging.getLogger("floe.registry")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION_CHARS = 12
 
 
 class AdapterState(str, Enum):
-    REGISTERED = "registered"
     LOADING = "loading"
     READY = "ready"
     DRAINING = "draining"
@@ -52,9 +50,10 @@ class AdapterRef:
     name: str
     version: str  # content hash (sha256 hex)
     kind: str
-    capability: str
+    engine: str  # "llm" (LLMServer) or "runtime" (FrozenRuntime): where the kind runs
     path: str  # the immutable snapshot directory
-    state: AdapterState = AdapterState.REGISTERED
+    serves: tuple[str, ...] = ()  # endpoint families that answer with it
+    state: AdapterState = AdapterState.LOADING
     created: float = field(default_factory=time.time)
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -102,8 +101,8 @@ class AdapterRegistry:
         path = await asyncio.to_thread(snapshots.snapshot, directory, digest, self._state_dir)
         info = await asyncio.to_thread(inspect_adapter, path, self._limits)
         async with self._lock:
-            ref = AdapterRef(name=name, version=digest, kind=info.kind, capability=info.capability,
-                             path=str(path), state=AdapterState.LOADING,
+            ref = AdapterRef(name=name, version=digest, kind=info.kind, engine=info.engine,
+                             serves=info.serves, path=str(path), state=AdapterState.LOADING,
                              details={**info.details, "base_model": info.base_model,
                                       "declared_version": info.version})
             existing = self._versions.get(ref.model_id)
@@ -199,10 +198,8 @@ class AdapterRegistry:
 
     # -- internals ----------------------------------------------------------------------
     def _check_name(self, name: str) -> None:
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise InvalidRequest(
-                f"adapter name {name!r} must be 1-64 characters of letters, digits, '.', '_' "
-                "or '-', starting with a letter or digit", param="name")
+        if not valid_name(name):
+            raise InvalidRequest(f"adapter name {name!r} must be {NAME_RULE}", param="name")
         if name in self._reserved:
             raise Conflict(f"{name!r} is the base model's name", param="name")
 
@@ -241,11 +238,24 @@ class AdapterRegistry:
         tmp.write_text(json.dumps(entries, indent=1, default=str))
         tmp.replace(self._index_path)
 
+    def _restored(self, entry: dict[str, Any]) -> AdapterRef | None:
+        """A persisted entry, re-described by its kind (None, logged, when it no longer loads)."""
+        try:
+            info = inspect_adapter(Path(entry["path"]), self._limits)
+        except Exception:
+            log.exception("not restoring adapter %s", entry.get("name"))
+            return None
+        return AdapterRef(**{**entry, "engine": info.engine, "serves": info.serves,
+                             "state": AdapterState.READY})
+
     def _restore(self) -> None:
         if not self._index_path.is_file():
             return
         for entry in json.loads(self._index_path.read_text()):
-            ref = AdapterRef(**{**entry, "state": AdapterState.READY})
+            entry.pop("capability", None)  # written by floe 0.1; the kind says where it runs
+            ref = self._restored(entry)
+            if ref is None:
+                continue
             if Path(ref.path).is_dir() and ref.name not in self._reserved:
                 self._versions[ref.model_id] = ref
                 self._current[ref.name] = ref.model_id

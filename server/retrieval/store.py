@@ -8,15 +8,14 @@ metadata), so text upserts and text queries are embedded by the same model.
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+from floe.server.names import NAME_RULE, valid_name
 from floe.server.errors import Conflict, InvalidRequest, NotFound
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ID_KEY = "_floe_id"  # original string id of a point whose id is not an int or a UUID
 ID_NAMESPACE = uuid.UUID("6f1c2d4e-8a3b-4c5d-9e7f-0a1b2c3d4e5f")
 DISTANCES = ("cosine", "dot", "euclid")
@@ -120,9 +119,8 @@ class VectorStore:
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidRequest(f"collection name {name!r} must be 1-64 letters, digits, '.', '_' or '-'",
-                             param="name")
+    if not valid_name(name):
+        raise InvalidRequest(f"collection name {name!r} must be {NAME_RULE}", param="name")
 
 
 def _distance(name: str):

@@ -1,8 +1,10 @@
-"""FrozenRuntime: the Ray Serve deployment around a RuntimeEngine.
+"""FrozenRuntime: the Ray Serve deployment around a RuntimeEngine. One entry point, every kind:
 
-    request -> get_adapter (Serve multiplexing: per-replica LRU, routed by model_id)
-            -> validate (400s, per request, before batching)
-            -> @serve.batch micro-batch across concurrent requests -> one forward per adapter
+    run(RuntimeCall) -> resident adapter (Serve multiplexing: per-replica LRU, routed by model_id)
+                        or the kind's built-in model
+                     -> kind.prepare (400s, per request, off the event loop, before batching)
+                     -> @serve.batch micro-batch across concurrent requests -> kind.run per kind
+                     -> kind.finish -> the family's result type
 A request that fails validation never joins a batch, so it cannot fail its neighbours.
 """
 
@@ -17,10 +19,9 @@ from ray import serve
 
 from floe.server.config import FloeConfig
 from floe.server.errors import InvalidRequest
-from floe.server.registry import AdapterRef, snapshots
-from floe.server.runtime.engine import LoadedAdapter, RuntimeEngine
-from floe.server.runtime.messages import (AttentionCall, EmbedCall, EmbedResult, ForecastCall,
-                                          ForecastResult, HiddenStatesCall, RuntimeInfo)
+from floe.server.registry import snapshots
+from floe.server.runtime.engine import Resident, RuntimeEngine
+from floe.server.runtime.messages import RuntimeCall
 
 log = logging.getLogger("floe.runtime")
 
@@ -40,85 +41,53 @@ class FrozenRuntime:
         model_dir, _ = resolve_base_model(self._config)
         self.engine = RuntimeEngine(FrozenModel(model_dir, rcfg.dtype), rcfg)
         self._registry = registry
-        self._refs: dict[str, AdapterRef] = {}
         self._state_dir = self._config.resolved_state_dir()
-        for method in (self._forecast_batch, self._embed_batch):
-            method.set_max_batch_size(rcfg.max_batch_size)
-            method.set_batch_wait_timeout_s(rcfg.batch_wait_timeout_s)
+        self._run_batch.set_max_batch_size(rcfg.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(rcfg.batch_wait_timeout_s)
 
     # -- request path -----------------------------------------------------------------------
-    async def forecast(self, call: ForecastCall) -> ForecastResult:
-        adapter = await self._adapter(call.ref)
-        series = self.engine.prepare_forecast(call, adapter)
-        cfg = adapter.timeseries.cfg
-        horizon = call.horizon or cfg.horizon
-        forecasts = await self._forecast_batch((adapter, series, horizon))
-        return ForecastResult(forecasts=forecasts, seq_len=cfg.seq_len, horizon=horizon)
-
-    async def embed(self, call: EmbedCall) -> EmbedResult:
-        adapter = await self._adapter(call.ref) if call.ref is not None else None
-        if adapter is not None and adapter.image is not None:  # decode images off the loop
-            cfg = await asyncio.to_thread(self.engine.prepare_embed, call, adapter)
-            return await self._embed_batch((call, cfg))
-        cfg = self.engine.prepare_embed(call, adapter)
-        if call.minilm:
-            await asyncio.to_thread(self.engine.minilm)  # first use loads it, off the loop
-        self.engine.check_embed_inputs(call)
-        return await self._embed_batch((call, cfg))
-
-    async def hidden_states(self, call: HiddenStatesCall) -> list[list]:
-        states = await asyncio.to_thread(self.engine.hidden_states, call)
-        return [s.tolist() for s in states]
-
-    async def attentions(self, call: AttentionCall) -> list:
-        return (await asyncio.to_thread(self.engine.attentions, call)).tolist()
+    async def run(self, call: RuntimeCall) -> Any:
+        resident = await self._resident(call)
+        item = await asyncio.to_thread(self.engine.prepare, resident, call.request)
+        return await self._run_batch((resident, item))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _forecast_batch(self, items: list[tuple]) -> list[list[list[float]]]:
+    async def _run_batch(self, items: list[tuple[Resident, Any]]) -> list[Any]:
         # NOTE: compute in a thread so the loop keeps collecting the next batch meanwhile.
-        return await asyncio.to_thread(self.engine.forecast_batch, items)
+        return await asyncio.to_thread(self.engine.run_batch, items)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _embed_batch(self, items: list[tuple]) -> list[EmbedResult]:
-        return await asyncio.to_thread(self.engine.embed_batch, items)
+    async def _resident(self, call: RuntimeCall) -> Resident:
+        if call.ref is None:  # first use loads it, off the loop
+            return await asyncio.to_thread(self.engine.builtin, call.kind, call.builtin)
+        resident: Resident = await self.get_adapter(call.ref.model_id)
+        if resident.kind.name != call.kind:
+            raise InvalidRequest(f"`{call.ref.name}` is a {resident.kind.name} adapter, not {call.kind}",
+                                 param="model")
+        return resident
 
     # -- adapters ---------------------------------------------------------------------------
-    async def warm(self, model_id: str, ref: AdapterRef | None = None) -> None:
+    async def warm(self, model_id: str) -> None:
         """Load an adapter now: registration proves this engine accepts it before serving it."""
-        if ref is not None:
-            self._refs[model_id] = ref
         await self.get_adapter(model_id)
 
-    async def _adapter(self, ref: AdapterRef) -> LoadedAdapter:
-        self._refs[ref.model_id] = ref
-        return await self.get_adapter(ref.model_id)
-
-    async def get_adapter(self, model_id: str) -> LoadedAdapter:  # replaced by the multiplexed one
+    async def get_adapter(self, model_id: str) -> Resident:  # replaced by the multiplexed one
         raise NotImplementedError
 
-    async def _load(self, model_id: str) -> LoadedAdapter:
-        ref = self._refs.get(model_id)
-        if ref is None:
-            if self._registry is None:
-                raise InvalidRequest(f"unknown adapter version {model_id!r}", param="model")
-            ref = await self._registry.version.remote(model_id)
+    async def _load(self, model_id: str) -> Resident:
+        if self._registry is None:
+            raise InvalidRequest(f"unknown adapter version {model_id!r}", param="model")
+        ref = await self._registry.version.remote(model_id)
         path = Path(ref.path)
         if not path.is_dir():  # registered on another node: fetch the verified bytes
             files = await self._registry.read_files.remote(model_id)
             path = await asyncio.to_thread(snapshots.materialize, files, ref.version, self._state_dir)
-        adapter = await asyncio.to_thread(self.engine.load_adapter, ref, path)
+        resident = await asyncio.to_thread(self.engine.load_adapter, ref, path)
         log.info("loaded %s adapter %s", ref.kind, model_id)
-        return adapter
+        return resident
 
     # -- operations -------------------------------------------------------------------------
     async def ready(self) -> bool:
         return True
-
-    async def info(self) -> RuntimeInfo:
-        llm = self.engine.llm
-        return RuntimeInfo(fingerprint=llm.fingerprint, num_layers=llm.num_layers,
-                           hidden_size=llm.hidden_size,
-                           max_batch_size=self._config.runtime.max_batch_size)
 
 
 def frozen_runtime_class(max_loaded_adapters: int) -> type[FrozenRuntime]:
@@ -126,7 +95,7 @@ def frozen_runtime_class(max_loaded_adapters: int) -> type[FrozenRuntime]:
 
     class MultiplexedFrozenRuntime(FrozenRuntime):
         @serve.multiplexed(max_num_models_per_replica=max_loaded_adapters)
-        async def get_adapter(self, model_id: str) -> LoadedAdapter:
+        async def get_adapter(self, model_id: str) -> Resident:
             return await self._load(model_id)
 
     MultiplexedFrozenRuntime.__name__ = MultiplexedFrozenRuntime.__qualname__ = "FrozenRuntime"

@@ -11,7 +11,6 @@ is how adapters are trained against the same object that serves them.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -164,9 +163,3 @@ class FrozenModel:
             embeds[row, width - seq.shape[0]:] = seq
             mask[row, width - seq.shape[0]:] = 1
         return Batch(attention_mask=mask, inputs_embeds=embeds)
-
-    def describe(self) -> dict:
-        return {"model_dir": str(self.model_dir), "fingerprint": self.fingerprint,
-                "num_layers": self.num_layers, "hidden_size": self.hidden_size,
-                "dtype": str(self.dtype).removeprefix("torch."),
-                "architecture": json.loads((self.model_dir / "config.json").read_text()).get("architectures")}

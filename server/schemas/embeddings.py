@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,3 +47,20 @@ class EmbeddingResponse(BaseModel):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
+
+
+# -- the family's contract with the kinds that serve it (crosses to the FrozenRuntime) ----------
+MINILM = "all-MiniLM-L6-v2"
+MINILM_ALIASES = (MINILM, "sentence-transformers/all-MiniLM-L6-v2")
+
+
+@dataclass(frozen=True)
+class EmbedCall:
+    inputs: list[str | list[int]]  # image kinds: `data:image/...;base64,...` strings
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    normalized: bool = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -33,3 +35,17 @@ class ForecastResponse(BaseModel):
     horizon: int
     lookback: int
     forecasts: list[ForecastChannel]
+
+
+# -- the family's contract with the kinds that serve it (crosses to the FrozenRuntime) ----------
+@dataclass(frozen=True)
+class ForecastCall:
+    series: list[list[float]]  # channels, each its own sequence
+    horizon: int | None = None  # None = the adapter's horizon
+
+
+@dataclass(frozen=True)
+class ForecastResult:
+    forecasts: list[list[float]]  # [channels][horizon]
+    seq_len: int
+    horizon: int

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from floe.adapters.base import InvalidAdapter
-from floe.server.errors import unwrap
+from floe.server.errors import call, unwrap
+from floe.server.kinds import InvalidAdapter
 from floe.server.registry import AdapterRef, AdapterState
-from floe.server.registry.routing import engine_for
-from floe.server.services.leases import call
 
 
 class AdapterService:
@@ -23,11 +21,11 @@ class AdapterService:
             return ref, False
         try:
             # Loading into one engine replica proves the engine accepts it before anyone uses it.
-            if engine_for(ref.capability) == "runtime":
+            if ref.engine == "runtime":
                 if self._runtime is None:
                     raise InvalidAdapter(f"{ref.kind} adapters need the FrozenRuntime, which is "
                                          "disabled on this server (runtime.enabled)", param="source")
-                await self._runtime.options(multiplexed_model_id=ref.model_id).warm.remote(ref.model_id, ref)
+                await self._runtime.options(multiplexed_model_id=ref.model_id).warm.remote(ref.model_id)
             else:
                 await self._engine.options(multiplexed_model_id=ref.model_id).warm.remote(ref.model_id)
         except Exception as exc:

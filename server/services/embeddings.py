@@ -8,11 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from floe.server.errors import InvalidRequest
-from floe.server.runtime.messages import MINILM_ALIASES, EmbedCall, EmbedResult
-from floe.server.schemas.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from floe.server.services.inference import split_model
-from floe.server.services.leases import call, leased
+from floe.server.errors import InvalidRequest, call
+from floe.server.names import split_model
+from floe.server.runtime.messages import RuntimeCall
+from floe.server.schemas.embeddings import (MINILM_ALIASES, EmbedCall, Embedding, EmbeddingRequest,
+                                            EmbeddingResponse, EmbeddingUsage, EmbedResult)
+from floe.server.services.leases import leased
+
+FAMILY = "embeddings"
+BUILTIN_KIND = "encoder"  # the kind whose built-in models answer for the base and MiniLM
 
 
 class EmbeddingService:
@@ -28,14 +32,15 @@ class EmbeddingService:
             raise InvalidRequest(f"at most {self._max_inputs} inputs per request", param="input")
         if any(isinstance(x, str) and not x for x in items) or any(isinstance(x, list) and not x for x in items):
             raise InvalidRequest("inputs must not be empty strings or empty token arrays", param="input")
+        request = EmbedCall(inputs=items)
         if model in MINILM_ALIASES:
-            return await call(self._runtime.embed.remote(EmbedCall(inputs=items, minilm=True)))
+            return await call(self._runtime.run.remote(RuntimeCall(BUILTIN_KIND, request, builtin=model)))
         adapter = split_model(model, self._base_name)
         if adapter is None:
-            return await call(self._runtime.embed.remote(EmbedCall(inputs=items)))
-        async with leased(self._registry, adapter) as ref:
+            return await call(self._runtime.run.remote(RuntimeCall(BUILTIN_KIND, request)))
+        async with leased(self._registry, adapter, FAMILY) as ref:
             handle = self._runtime.options(multiplexed_model_id=ref.model_id)
-            return await call(handle.embed.remote(EmbedCall(inputs=items, ref=ref)))
+            return await call(handle.run.remote(RuntimeCall(ref.kind, request, ref=ref)))
 
     async def create(self, req: EmbeddingRequest) -> EmbeddingResponse:
         result = await self.vectors(req.model, req.items())

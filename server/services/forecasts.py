@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from floe.server.errors import InvalidRequest
-from floe.server.runtime.messages import ForecastCall, ForecastResult
-from floe.server.schemas.forecasts import ForecastChannel, ForecastRequest, ForecastResponse
-from floe.server.services.inference import split_model
-from floe.server.services.leases import call, leased
+from floe.server.errors import InvalidRequest, call
+from floe.server.names import split_model
+from floe.server.runtime.messages import RuntimeCall
+from floe.server.schemas.forecasts import (ForecastCall, ForecastChannel, ForecastRequest,
+                                           ForecastResponse, ForecastResult)
+from floe.server.services.leases import leased
+
+FAMILY = "forecasts"
 
 
 class ForecastService:
@@ -22,10 +25,10 @@ class ForecastService:
                                  param="model")
         channels = req.channels()
         anchor = self._anchor(req, channels)
-        async with leased(self._registry, adapter) as ref:
+        async with leased(self._registry, adapter, FAMILY) as ref:
             handle = self._runtime.options(multiplexed_model_id=ref.model_id)
-            result: ForecastResult = await call(handle.forecast.remote(
-                ForecastCall(ref=ref, series=channels, horizon=req.horizon)))
+            result: ForecastResult = await call(handle.run.remote(RuntimeCall(
+                kind=ref.kind, ref=ref, request=ForecastCall(series=channels, horizon=req.horizon))))
         stamps = _future(anchor, result.horizon) if anchor else None
         return ForecastResponse(
             model=req.model, horizon=result.horizon, lookback=result.seq_len,

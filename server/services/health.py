@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from floe.server.gateway.metrics import GatewayMetrics
+from floe.server.metrics import GatewayMetrics
 
 log = logging.getLogger("floe.health")
 
@@ -15,7 +15,6 @@ class HealthService:
     def __init__(self, engine: Any, registry: Any, metrics: GatewayMetrics, timeout_s: float) -> None:
         self._engine, self._registry, self._metrics = engine, registry, metrics
         self._timeout_s = timeout_s
-        self.engine_ready = False
 
     async def readiness(self) -> dict[str, Any]:
         """Whether an engine replica and the registry answer now."""
@@ -30,7 +29,6 @@ class HealthService:
         except Exception as exc:
             checks["registry"] = False
             log.debug("registry not ready: %r", exc)
-        self.engine_ready = bool(checks["engine"])
         return {"ready": all(checks.values()), "checks": checks}
 
     async def scrape(self) -> bytes:

@@ -10,23 +10,13 @@ from typing import Any
 
 from floe.server.engine.messages import OpenAICall, OpenAIRoute, ResponseHead
 from floe.server.errors import InvalidRequest, NotReady, Overloaded, from_status, unwrap
-from floe.server.gateway.metrics import GatewayMetrics, StreamTimer
-from floe.server.registry.routing import engine_for
+from floe.server.metrics import GatewayMetrics, StreamTimer
+from floe.server.names import split_model
+from floe.server.services.leases import check_serves
 
 log = logging.getLogger("floe.inference")
 
-BASE_ALIAS = "base"
 READY_PROBE_S = 2.0
-
-
-def split_model(model: str, base_name: str) -> str | None:
-    """The adapter a `model` names: None for the base, else the adapter (`name[@version]`)."""
-    if model in (base_name, BASE_ALIAS):
-        return None
-    for prefix in (base_name + ":", BASE_ALIAS + ":"):
-        if model.startswith(prefix):
-            return model[len(prefix):] or None
-    return model
 
 
 class InferenceService:
@@ -64,11 +54,7 @@ class InferenceService:
         try:
             if adapter is not None:
                 lease = await self._registry.acquire.remote(adapter)
-                if engine_for(lease.ref.capability) != "llm":
-                    raise InvalidRequest(
-                        f"`{adapter}` is a {lease.ref.kind} adapter; it serves its own endpoint, "
-                        f"not {'chat completions' if route == 'chat' else 'completions'}",
-                        param="model")
+                check_serves(lease.ref, route)
             model_id = lease.ref.model_id if lease else None
             request = OpenAICall(
                 route=route, body={**body, "model": model_id or self.base_name}, adapter_id=model_id,

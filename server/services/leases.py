@@ -1,4 +1,4 @@
-"""Leasing the adapter a request names, for services that call the FrozenRuntime."""
+"""Leasing the adapter a request names, for the endpoint family that serves it."""
 
 from __future__ import annotations
 
@@ -8,28 +8,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from floe.server.errors import unwrap
+from floe.server.errors import InvalidRequest, call
 from floe.server.registry import AdapterRef
 
 log = logging.getLogger("floe.leases")
 
 
-async def call(response: Any) -> Any:
-    """Await a Ray handle call; a FloeError raised in a replica comes back as itself."""
-    try:
-        return await response
-    except Exception as exc:
-        err = unwrap(exc)
-        if err is None or err is exc:
-            raise
-        raise err from exc
+def check_serves(ref: AdapterRef, family: str) -> None:
+    """400 unless the adapter's kind answers `family` (e.g. a LoRA asked for forecasts)."""
+    if family not in ref.serves:
+        raise InvalidRequest(f"`{ref.name}` is a {ref.kind} adapter; it serves "
+                             f"{', '.join(ref.serves) or 'no endpoint'}, not {family}", param="model")
 
 
 @asynccontextmanager
-async def leased(registry: Any, adapter: str) -> AsyncIterator[AdapterRef]:
+async def leased(registry: Any, adapter: str, family: str) -> AsyncIterator[AdapterRef]:
     """The current READY version of `adapter` (404 otherwise), held until the block ends."""
     lease = await call(registry.acquire.remote(adapter))
     try:
+        check_serves(lease.ref, family)
         yield lease.ref
     finally:
         # NOTE: shielded: a client hanging up must not leak the lease.

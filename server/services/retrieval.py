@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from floe.server.config import RetrievalConfig
-from floe.server.errors import InvalidRequest
+from floe.server.errors import InvalidRequest, call
 from floe.server.schemas.retrieval import CollectionCreateRequest, SearchRequest, UpsertRequest
 from floe.server.services.embeddings import EmbeddingService
-from floe.server.services.leases import call
 
 
 class RetrievalService:

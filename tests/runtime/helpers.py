@@ -19,8 +19,8 @@ def seasonal(n: int, phase: float = 0.0, level: float = 10.0) -> list[float]:
 
 def train_tiny_adapter(llm, out: Path) -> Path:
     """A real (one short epoch) Time-LLM fit on synthetic seasonal series, saved as an adapter."""
-    from floe.adapters.timeseries import save
-    from floe.adapters.timeseries_train import TrainConfig, train
+    from floe.adapters.timeseries.model import save
+    from floe.adapters.timeseries.train import TrainConfig, train
 
     torch.set_num_threads(1)
     series = {f"s{i}": seasonal(60, phase=i) for i in range(2)}

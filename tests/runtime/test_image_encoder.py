@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from floe.adapters import image_encoder as image_kind
-from floe.adapters.base import EngineLimits, InvalidAdapter, inspect_adapter
+from floe.adapters.image_encoder import model as image_kind
+from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from floe.server.errors import InvalidRequest
 
 
@@ -80,7 +80,7 @@ def test_write_is_seeded_and_the_manifest_mean_std_are_used(llm, tmp_path):
 
 def test_inspect_and_load_checks(image_adapter, llm, tmp_path):
     info = inspect_adapter(image_adapter, EngineLimits())
-    assert (info.kind, info.capability, info.base_model) == ("image_encoder", "hidden_states", llm.fingerprint)
+    assert (info.kind, info.engine, info.base_model) == ("image_encoder", "runtime", llm.fingerprint)
     assert info.details["image_size"] == 32
     with pytest.raises(InvalidAdapter, match="width"):
         image_kind.load(image_adapter, llm.hidden_size + 1)
@@ -97,16 +97,16 @@ def test_runtime_engine_embeds_images_and_refuses_bad_inputs(image_adapter, llm)
     from floe.server.config import RuntimeConfig
     from floe.server.registry import AdapterRef
     from floe.server.runtime.engine import RuntimeEngine
-    from floe.server.runtime.messages import EmbedCall
+    from floe.server.schemas.embeddings import EmbedCall
 
     engine = RuntimeEngine(llm, RuntimeConfig(max_image_bytes=2000))
-    ref = AdapterRef(name="img-enc", version="0" * 64, kind="image_encoder", capability="hidden_states",
+    ref = AdapterRef(name="img-enc", version="0" * 64, kind="image_encoder", engine="runtime",
                      path=str(image_adapter))
     adapter = engine.load_adapter(ref, image_adapter)
     small = png(7, (12, 12))
     assert len(small) < 2000
-    call = EmbedCall(inputs=[data_url(small)], ref=ref)
-    (result,) = engine.embed_batch([(call, engine.prepare_embed(call, adapter))])
+    call = EmbedCall(inputs=[data_url(small)])
+    (result,) = engine.run_batch([(adapter, engine.prepare(adapter, call))])
     torch.testing.assert_close(torch.tensor(result.vectors[0]), manual_embedding(image_adapter, small),
                                atol=1e-5, rtol=1e-5)
     assert result.prompt_tokens == 17 and result.normalized
@@ -114,29 +114,30 @@ def test_runtime_engine_embeds_images_and_refuses_bad_inputs(image_adapter, llm)
            data_url(png(8, (64, 64))), "data:image/png,rawbytes", [1, 2, 3]]
     for item in bad:
         with pytest.raises(InvalidRequest) as err:
-            engine.prepare_embed(EmbedCall(inputs=[item], ref=ref), adapter)
+            engine.prepare(adapter, EmbedCall(inputs=[item]))
         assert err.value.param == "input"
     with pytest.raises(InvalidRequest, match="image"):
-        engine.prepare_embed(EmbedCall(inputs=["hello", data_url(small)]), None)
+        engine.prepare(engine.builtin("encoder"), EmbedCall(inputs=["hello", data_url(small)]))
 
 
 def test_a_batch_mixing_image_and_text_requests_equals_one_at_a_time(image_adapter, llm):
     from floe.server.config import RuntimeConfig
     from floe.server.registry import AdapterRef
     from floe.server.runtime.engine import RuntimeEngine
-    from floe.server.runtime.messages import EmbedCall
+    from floe.server.schemas.embeddings import EmbedCall
 
     engine = RuntimeEngine(llm, RuntimeConfig())
-    ref = AdapterRef(name="img-enc", version="1" * 64, kind="image_encoder", capability="hidden_states",
+    ref = AdapterRef(name="img-enc", version="1" * 64, kind="image_encoder", engine="runtime",
                      path=str(image_adapter))
     adapter = engine.load_adapter(ref, image_adapter)
-    calls = [EmbedCall(inputs=[data_url(png(30)), data_url(png(31))], ref=ref),
-             EmbedCall(inputs=["hello world"]),
-             EmbedCall(inputs=[data_url(png(32, (9, 70)))], ref=ref)]
-    prepared = [(c, engine.prepare_embed(c, adapter if c.ref else None)) for c in calls]
-    together = engine.embed_batch(prepared)
+    base = engine.builtin("encoder")
+    calls = [(adapter, EmbedCall(inputs=[data_url(png(30)), data_url(png(31))])),
+             (base, EmbedCall(inputs=["hello world"])),
+             (adapter, EmbedCall(inputs=[data_url(png(32, (9, 70)))]))]
+    prepared = [(resident, engine.prepare(resident, c)) for resident, c in calls]
+    together = engine.run_batch(prepared)
     for item, result in zip(prepared, together):
-        (alone,) = engine.embed_batch([item])
+        (alone,) = engine.run_batch([item])
         np.testing.assert_allclose(result.vectors, alone.vectors, atol=1e-5)
     assert [len(r.vectors) for r in together] == [2, 1, 1]
     assert len(together[0].vectors[0]) == llm.hidden_size == len(together[1].vectors[0])

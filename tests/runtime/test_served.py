@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from floe.adapters import image_encoder
+from floe.adapters.image_encoder import model as image_encoder
 from floe.adapters.encoder import EncoderConfig, write
-from floe.adapters.timeseries import load
+from floe.adapters.timeseries.model import load
 from tests.runtime.helpers import TINY_TS, seasonal
 from tests.runtime.test_image_encoder import data_url, manual_embedding, png
 from tests.serving import start_floe

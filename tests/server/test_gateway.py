@@ -16,12 +16,9 @@ from floe.server.config import FloeConfig
 from floe.server.engine.messages import ResponseHead
 from floe.server.errors import ModelNotFound
 from floe.server.gateway.app import create_app
-from floe.server.gateway.auth import KeyChecker
-from floe.server.gateway.metrics import GatewayMetrics
+from floe.server.gateway.families import GatewayContext, discover
 from floe.server.gateway.state import GatewayState
-from floe.server.services.adapters import AdapterService
-from floe.server.services.health import HealthService
-from floe.server.services.inference import InferenceService
+from floe.server.metrics import GatewayMetrics
 
 
 class _Method:
@@ -68,14 +65,11 @@ class RegistryDouble:
 
 
 def make_client(engine, max_in_flight=1) -> TestClient:
-    cfg = FloeConfig(http={"max_in_flight": max_in_flight})
-    metrics = GatewayMetrics()
-    registry = RegistryDouble()
-    state = GatewayState(
-        config=cfg, inference=InferenceService("m", engine, registry, metrics, max_in_flight),
-        adapters=AdapterService(engine, registry), health=HealthService(engine, registry, metrics, 0.2),
-        metrics=metrics, keys=KeyChecker(cfg.auth))
-    return TestClient(create_app(state))
+    cfg = FloeConfig(http={"max_in_flight": max_in_flight, "ready_timeout_s": 0.2},
+                     runtime={"enabled": False})
+    ctx = GatewayContext(config=cfg, base_name="m", metrics=GatewayMetrics(),
+                         handles={"engine": engine, "registry": RegistryDouble()})
+    return TestClient(create_app(GatewayState.build(ctx, discover())))
 
 
 def test_not_ready_is_503_with_retry_after():

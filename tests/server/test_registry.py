@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from floe.adapters.base import EngineLimits
+from floe.server.kinds import EngineLimits
 from floe.server.errors import Conflict, InvalidRequest, ModelNotFound, NotFound, PermissionDenied
 from floe.server.registry import AdapterRegistry, AdapterState
 

@@ -1,19 +1,31 @@
-"""POST /v1/embeddings (OpenAI shape)."""
+"""POST /v1/embeddings (OpenAI shape), on the FrozenRuntime."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
 from floe.server.gateway.body import read_json_object
-from floe.server.gateway.routes.runtime_common import runtime_services
-from floe.server.gateway.state import GatewayState, api_auth, gateway_state
+from floe.server.gateway.families import Family, GatewayContext
+from floe.server.gateway.state import api_auth, service
 from floe.server.schemas.common import parse
 from floe.server.schemas.embeddings import EmbeddingRequest
+from floe.server.services.embeddings import EmbeddingService
 
 router = APIRouter(dependencies=[Depends(api_auth)])
 
 
+def build_embeddings(ctx: GatewayContext) -> EmbeddingService | None:
+    if ctx.handle("runtime") is None:
+        return None
+    return EmbeddingService(ctx.base_name, ctx.handle("runtime"), ctx.handle("registry"),
+                            ctx.config.runtime.max_embedding_inputs)
+
+
+family = Family("embeddings", router, build_embeddings, unavailable=(
+    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+
+
 @router.post("/v1/embeddings")
-async def create_embeddings(request: Request, state: GatewayState = Depends(gateway_state)):
-    body = await read_json_object(request, state.config.http.max_body_bytes)
-    return (await runtime_services(state).embeddings.create(parse(EmbeddingRequest, body))).model_dump()
+async def create_embeddings(request: Request, embeddings: EmbeddingService = Depends(service("embeddings"))):
+    req = parse(EmbeddingRequest, await read_json_object(request))
+    return (await embeddings.create(req)).model_dump()

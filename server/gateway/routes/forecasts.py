@@ -1,20 +1,30 @@
-"""POST /v1/forecasts: Time-LLM forecasts from a timeseries adapter on the FrozenRuntime."""
+"""POST /v1/forecasts: forecasts from a kind that serves them (Time-LLM) on the FrozenRuntime."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
 from floe.server.gateway.body import read_json_object
-from floe.server.gateway.routes.runtime_common import runtime_services
-from floe.server.gateway.state import GatewayState, api_auth, gateway_state
+from floe.server.gateway.families import Family, GatewayContext
+from floe.server.gateway.state import api_auth, service
 from floe.server.schemas.common import parse
 from floe.server.schemas.forecasts import ForecastRequest
+from floe.server.services.forecasts import ForecastService
 
 router = APIRouter(dependencies=[Depends(api_auth)])
 
 
+def _build(ctx: GatewayContext) -> ForecastService | None:
+    if ctx.handle("runtime") is None:
+        return None
+    return ForecastService(ctx.base_name, ctx.handle("runtime"), ctx.handle("registry"))
+
+
+family = Family("forecasts", router, _build, unavailable=(
+    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+
+
 @router.post("/v1/forecasts")
-async def create_forecast(request: Request, state: GatewayState = Depends(gateway_state)):
-    body = await read_json_object(request, state.config.http.max_body_bytes)
-    return (await runtime_services(state).forecasts.forecast(parse(ForecastRequest, body))).model_dump(
-        exclude_none=True)
+async def create_forecast(request: Request, forecasts: ForecastService = Depends(service("forecasts"))):
+    req = parse(ForecastRequest, await read_json_object(request))
+    return (await forecasts.forecast(req)).model_dump(exclude_none=True)

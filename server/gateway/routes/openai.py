@@ -9,9 +9,19 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from floe.server.errors import ModelNotFound
 from floe.server.gateway.body import read_json_object
+from floe.server.gateway.families import Family, GatewayContext
 from floe.server.gateway.state import GatewayState, api_auth, gateway_state
+from floe.server.services.inference import InferenceService
 
 router = APIRouter(dependencies=[Depends(api_auth)])
+
+
+def _build(ctx: GatewayContext) -> InferenceService:
+    return InferenceService(ctx.base_name, ctx.handle("engine"), ctx.handle("registry"), ctx.metrics,
+                            ctx.config.http.max_in_flight)
+
+
+family = Family("openai", router, _build)
 
 
 def _answer(result: dict | AsyncIterator[str]) -> JSONResponse | StreamingResponse:
@@ -24,13 +34,13 @@ def _answer(result: dict | AsyncIterator[str]) -> JSONResponse | StreamingRespon
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: GatewayState = Depends(gateway_state)):
     body = await read_json_object(request, state.config.http.max_body_bytes)
-    return _answer(await state.inference.run("chat", body))
+    return _answer(await state.service("openai").run("chat", body))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, state: GatewayState = Depends(gateway_state)):
     body = await read_json_object(request, state.config.http.max_body_bytes)
-    return _answer(await state.inference.run("completions", body))
+    return _answer(await state.service("openai").run("completions", body))
 
 
 def _card(model_id: str, created: int, **extra) -> dict:
@@ -39,9 +49,9 @@ def _card(model_id: str, created: int, **extra) -> dict:
 
 @router.get("/v1/models")
 async def list_models(state: GatewayState = Depends(gateway_state)):
-    base = state.inference.base_name
+    base = state.base_name
     cards = [_card(base, state.started, root=base, parent=None)]
-    for ref in await state.adapters.list():
+    for ref in await state.service("adapters").list():
         cards.append(_card(ref.name, int(ref.created), root=ref.model_id, parent=base, kind=ref.kind))
     return {"object": "list", "data": cards}
 

@@ -12,51 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from floe.adapters.base import MANIFEST, AdapterInfo, AdapterKind, EngineLimits, InvalidAdapter, register_kind
+from floe.adapters.timeseries import KIND, MANIFEST, WEIGHTS, TimeLLMConfig, TimeseriesKind
 from floe.server.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from floe.server.runtime.model import FrozenModel
 
-KIND = "timeseries"
-WEIGHTS = "model.safetensors"
 EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class TimeLLMConfig:
-    seq_len: int = 48  # lookback: the last seq_len points of a series are used
-    horizon: int = 12
-    patch_len: int = 16
-    stride: int = 8
-    d_model: int = 32
-    n_heads: int = 4
-    d_ff: int = 32
-    num_prototypes: int = 100
-    dropout: float = 0.0
-    description: str = "A univariate time series."
-
-    def __post_init__(self) -> None:
-        if self.seq_len < self.patch_len or self.patch_len <= 0 or self.stride <= 0:
-            raise ValueError("need seq_len >= patch_len > 0 and stride > 0")
-        if self.horizon <= 0 or self.d_model % self.n_heads:
-            raise ValueError("need horizon > 0 and d_model divisible by n_heads")
-
-    @property
-    def num_patches(self) -> int:
-        return (self.seq_len - self.patch_len) // self.stride + 2
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TimeLLMConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class PatchEmbedding(nn.Module):
@@ -205,37 +174,9 @@ def save(directory: Path, net: TimeLLM, base_fingerprint: str, version: str = "1
 def load(directory: Path, llm: "FrozenModel") -> TimeLLM:
     from safetensors.torch import load_file
 
-    manifest = AdapterKind.read_manifest(Path(directory))
-    check_base(manifest, llm.fingerprint)
+    manifest = TimeseriesKind.read_manifest(Path(directory))
+    TimeseriesKind.check_base(manifest, llm.fingerprint)
     cfg = TimeLLMConfig.from_dict(manifest.get("config", {}))
     net = TimeLLM(cfg, vocab_size=llm.word_embeddings.shape[0], d_llm=llm.hidden_size)
     net.load_state_dict(load_file(str(Path(directory) / WEIGHTS)))
     return net.eval()
-
-
-def check_base(manifest: dict[str, Any], fingerprint: str) -> None:
-    if manifest.get("base_model") != fingerprint:
-        raise InvalidAdapter(f"adapter was trained for base {str(manifest.get('base_model'))[:12]!r}, "
-                             f"this runtime serves {fingerprint[:12]!r}", param="source")
-
-
-@register_kind
-class TimeseriesKind(AdapterKind):
-    name = KIND
-    capability = "hidden_states"
-
-    def inspect(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        manifest = self.read_manifest(directory)
-        if not (directory / WEIGHTS).is_file():
-            raise InvalidAdapter(f"a timeseries adapter needs {WEIGHTS}", param="source")
-        if not isinstance(manifest.get("base_model"), str):
-            raise InvalidAdapter(f"{MANIFEST}: `base_model` (the base fingerprint) is required",
-                                 param="source")
-        try:
-            cfg = TimeLLMConfig.from_dict(manifest.get("config") or {})
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"{MANIFEST}: bad config: {exc}", param="source") from exc
-        return AdapterInfo(kind=self.name, capability=self.capability,
-                           base_model=manifest["base_model"], version=manifest.get("version"),
-                           details={"seq_len": cfg.seq_len, "horizon": cfg.horizon,
-                                    "description": cfg.description})

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from floe.adapters.timeseries import TimeLLM, TimeLLMConfig, save
+from floe.adapters.timeseries import TimeLLMConfig
+from floe.adapters.timeseries.model import TimeLLM, save
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
 

@@ -8,13 +8,6 @@ from typing import Optional
 import typer
 
 
-def register(adapters_app: typer.Typer) -> None:
-    train_app = typer.Typer(help="Train adapters offline (the base model stays frozen).",
-                            no_args_is_help=True)
-    adapters_app.add_typer(train_app, name="train")
-    train_app.command("timeseries")(train_timeseries)
-
-
 def train_timeseries(
     data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="CSV with a header row."),
     horizon: int = typer.Option(..., "--horizon", min=1, help="Steps to forecast."),
@@ -36,7 +29,7 @@ def train_timeseries(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from floe.adapters.timeseries import TimeLLMConfig
-    from floe.adapters.timeseries_train import TrainConfig, train_to_dir
+    from floe.adapters.timeseries.train import TrainConfig, train_to_dir
     from floe.server.config import load_config
     from floe.server.models import resolve_base_model
 

@@ -1,4 +1,4 @@
-"""FLAME image tower (METHODS.md, FLAME): image -> ViT -> MLP projector to the LLM width -> L2.
+"""FLAME image tower (docs/methods.md, FLAME): image -> ViT -> MLP projector to the LLM width -> L2.
 
     data URL -> Pillow decode -> RGB -> bicubic resize to the ViT's image_size -> [0, 1]
     -> (x - mean) / std -> ViTModel (no pooler) -> CLS (last_hidden_state[:, 0])
@@ -22,51 +22,20 @@ import base64
 import binascii
 import io
 import json
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from floe.adapters.base import MANIFEST, AdapterInfo, AdapterKind, EngineLimits, InvalidAdapter, register_kind
+from floe.adapters.encoder import is_image_input
+from floe.adapters.image_encoder import KIND, MANIFEST, PROJECTOR, VISION, ImageEncoderConfig, ImageEncoderKind
 from floe.server.errors import InvalidRequest
+from floe.server.kinds import InvalidAdapter
 
-KIND = "image_encoder"
-VISION = "vision"
-PROJECTOR = "projector.safetensors"
 MAX_PIXELS = 40_000_000  # decoded width * height; a larger image is refused (decompression bombs)
 
 
-@dataclass(frozen=True)
-class ImageEncoderConfig:
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    normalize: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
-        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need 3 values (R, G, B)")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be positive")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageEncoderConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def public(self) -> dict[str, Any]:
-        out = asdict(self)
-        return {**out, "mean": list(self.mean), "std": list(self.std)}
-
-
 # -- inputs --------------------------------------------------------------------------------------
-def is_image_input(item: Any) -> bool:
-    """An `input` item meant as an image: a `data:image/...` URL string."""
-    return isinstance(item, str) and item[:11].lower() == "data:image/"
-
-
 def data_url_bytes(item: Any, index: int, max_bytes: int) -> bytes:
     """The bytes of one `data:image/<type>;base64,<payload>` input (400 on anything else)."""
     param = "input"
@@ -188,7 +157,7 @@ def load(directory: Path, llm_hidden: int | None = None) -> ImageEncoder:
     from transformers import ViTModel
 
     directory = Path(directory)
-    manifest = AdapterKind.read_manifest(directory)
+    manifest = ImageEncoderKind.read_manifest(directory)
     try:
         cfg = ImageEncoderConfig.from_dict(manifest.get("config") or {})
         vit = ViTModel.from_pretrained(directory / VISION, add_pooling_layer=False, dtype=torch.float32)
@@ -206,30 +175,3 @@ def load(directory: Path, llm_hidden: int | None = None) -> ImageEncoder:
         raise InvalidAdapter(f"projector maps to width {d_llm}; this base model's width is {llm_hidden}",
                              param="source")
     return ImageEncoder(vit, proj, cfg)
-
-
-@register_kind
-class ImageEncoderKind(AdapterKind):
-    name = KIND
-    capability = "hidden_states"
-
-    def inspect(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        manifest = self.read_manifest(directory)
-        if not (directory / VISION / "config.json").is_file():
-            raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/config.json (a ViT)", param="source")
-        if not any((directory / VISION).glob("*.safetensors")):
-            raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/*.safetensors", param="source")
-        if not (directory / PROJECTOR).is_file():
-            raise InvalidAdapter(f"an image_encoder adapter needs {PROJECTOR}", param="source")
-        if not isinstance(manifest.get("base_model"), str):
-            raise InvalidAdapter(f"{MANIFEST}: an image_encoder adapter must name its base_model "
-                                 "(the base checkpoint's fingerprint)", param="source")
-        try:
-            cfg = ImageEncoderConfig.from_dict(manifest.get("config") or {})
-            vit_cfg = json.loads((directory / VISION / "config.json").read_text())
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"bad image_encoder adapter: {exc}", param="source") from exc
-        return AdapterInfo(kind=self.name, capability=self.capability,
-                           base_model=manifest.get("base_model"), version=manifest.get("version"),
-                           details={**cfg.public(), "image_size": vit_cfg.get("image_size"),
-                                    "patch_size": vit_cfg.get("patch_size")})

@@ -1,0 +1,109 @@
+"""The `image_encoder` kind: FLAME's image tower (ViT CLS -> MLP projector -> L2) for
+POST /v1/embeddings. Torch-free: the network, the image decoding and `write` live in `model.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from floe.server.kinds import (MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, RuntimeKind,
+                               group_by_adapter, register_kind)
+from floe.server.schemas.embeddings import EmbedCall, EmbedResult
+
+if TYPE_CHECKING:
+    from floe.adapters.image_encoder.model import ImageEncoder
+    from floe.server.runtime.engine import RuntimeBackbone
+
+KIND = "image_encoder"
+VISION = "vision"
+PROJECTOR = "projector.safetensors"
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
+        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need 3 values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageEncoderConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def public(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {**out, "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(eq=False)
+class ImageItem:
+    """One request's images, decoded and preprocessed: [n inputs, 3, H, W]."""
+
+    pixels: Any
+
+
+@register_kind
+class ImageEncoderKind(RuntimeKind):
+    name = KIND
+    serves = ("embeddings",)
+
+    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
+        manifest = self.read_manifest(directory)
+        if not (directory / VISION / "config.json").is_file():
+            raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/config.json (a ViT)", param="source")
+        if not any((directory / VISION).glob("*.safetensors")):
+            raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/*.safetensors", param="source")
+        self.require_files(directory, PROJECTOR)
+        if not isinstance(manifest.get("base_model"), str):
+            raise InvalidAdapter(f"{MANIFEST}: an image_encoder adapter must name its base_model "
+                                 "(the base checkpoint's fingerprint)", param="source")
+        try:
+            cfg = ImageEncoderConfig.from_dict(manifest.get("config") or {})
+            vit_cfg = json.loads((directory / VISION / "config.json").read_text())
+        except (TypeError, ValueError) as exc:
+            raise InvalidAdapter(f"bad image_encoder adapter: {exc}", param="source") from exc
+        return self.info(manifest, **cfg.public(), image_size=vit_cfg.get("image_size"),
+                         patch_size=vit_cfg.get("patch_size"))
+
+    # -- execution ---------------------------------------------------------------------------
+    def load(self, directory: Path, backbone: "RuntimeBackbone", ref: Any) -> "ImageEncoder":
+        from floe.adapters.image_encoder.model import load
+
+        self.check_base(self.read_manifest(directory), backbone.llm.fingerprint)
+        return load(directory, backbone.llm.hidden_size)
+
+    def prepare(self, backbone: "RuntimeBackbone", loaded: "ImageEncoder", request: EmbedCall) -> ImageItem:
+        """Decode and preprocess every image of one request (400 on a bad one, before batching)."""
+        from floe.adapters.image_encoder.model import data_url_bytes, decode_image, preprocess
+
+        limit = backbone.config.max_image_bytes
+        images = [decode_image(data_url_bytes(item, i, limit), i) for i, item in enumerate(request.inputs)]
+        return ImageItem(preprocess(images, loaded.image_size, loaded.cfg))
+
+    def run(self, backbone: "RuntimeBackbone", batch: list[tuple["ImageEncoder", ImageItem]]
+            ) -> list[EmbedResult]:
+        import torch
+
+        results: list[Any] = [None] * len(batch)
+        with torch.no_grad():
+            for indices in group_by_adapter(batch):
+                encoder = batch[indices[0]][0]
+                vectors = encoder(torch.cat([batch[i][1].pixels for i in indices]))  # one ViT forward
+                offset = 0
+                for i in indices:
+                    n = batch[i][1].pixels.shape[0]
+                    results[i] = EmbedResult(vectors[offset:offset + n].tolist(), encoder.num_tokens * n,
+                                             encoder.cfg.normalize)
+                    offset += n
+        return results

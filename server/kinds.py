@@ -1,0 +1,207 @@
+"""The adapter-kind seam: a kind owns its whole life, the way LitServe's `LitAPI` owns a model's.
+
+    manifest(directory, limits)          torch-free: parse, validate against the engine, describe
+    runtime kinds (FrozenRuntime):
+      builtin(name, backbone)            an adapter-less model of the kind (e.g. the base encoder)
+      load(directory, backbone, ref)     weights onto the shared frozen base
+      prepare(backbone, loaded, request) all validation, before batching: a bad request never
+                                         joins a batch, so it cannot fail its neighbours
+      run(backbone, batch)               one call for [(loaded, item), ...] of several adapters
+      finish(out)                        -> the endpoint family's result type
+    llm kinds (LLMServer, vLLM):
+      load / unload                      e.g. a LoRA into vLLM's multi-LoRA
+      rewrite_request(loaded, call)      e.g. media parts -> prompt embeddings
+      rewrite_response(loaded, call, frames)   e.g. tool-token ids -> `tool_calls`
+
+A kind module imports torch only inside its execution methods (or in a submodule those import),
+so the gateway and the registry read manifests without torch or vLLM. Kinds register with
+`@register_kind`; floe finds every kind, its own included, through the `floe.adapters`
+entry-point group, so nothing in floe names a kind. ARCHITECTURE.md, "Adding an adapter kind".
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from floe.server.errors import InvalidRequest
+
+MANIFEST = "floe_adapter.json"
+ENTRY_POINTS = "floe.adapters"
+
+EngineName = Literal["llm", "runtime"]
+
+
+class InvalidAdapter(InvalidRequest):
+    code = "invalid_adapter"
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What the serving engine accepts; kinds validate adapters against it before loading."""
+
+    max_lora_rank: int = 64
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What a kind found in a valid adapter directory."""
+
+    kind: str
+    engine: EngineName
+    serves: tuple[str, ...]  # endpoint families that answer with it ("chat", "forecasts", ...)
+    base_model: str | None = None
+    version: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class AdapterKind:
+    """One adapter kind. Subclasses set `name` / `serves` and implement `manifest`."""
+
+    name: ClassVar[str]
+    engine: ClassVar[EngineName]
+    serves: ClassVar[tuple[str, ...]]
+    # `module:function` of a typer command, mounted as `floe adapters train <name>` (optional)
+    trainer: ClassVar[str | None] = None
+
+    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
+        raise NotImplementedError  # abstract: every kind describes its own directories
+
+    def info(self, manifest: dict[str, Any], **details: Any) -> AdapterInfo:
+        return AdapterInfo(kind=self.name, engine=self.engine, serves=tuple(self.serves),
+                           base_model=manifest.get("base_model"), version=manifest.get("version"),
+                           details=details)
+
+    @staticmethod
+    def read_manifest(directory: Path) -> dict[str, Any]:
+        path = Path(directory) / MANIFEST
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidAdapter(f"{MANIFEST} is not valid JSON: {exc}", param="source") from exc
+        if not isinstance(data, dict):
+            raise InvalidAdapter(f"{MANIFEST} must be a JSON object", param="source")
+        return data
+
+    @staticmethod
+    def require_files(directory: Path, *names: str) -> None:
+        for name in names:
+            if not (Path(directory) / name).exists():
+                raise InvalidAdapter(f"this adapter kind needs {name}", param="source")
+
+    @staticmethod
+    def check_base(manifest: dict[str, Any], fingerprint: str) -> None:
+        """Refuse an adapter made for another base checkpoint (its `base_model` fingerprint)."""
+        if manifest.get("base_model") != fingerprint:
+            raise InvalidAdapter(f"adapter was trained for base {str(manifest.get('base_model'))[:12]!r}, "
+                                 f"this runtime serves {fingerprint[:12]!r}", param="source")
+
+
+class RuntimeKind(AdapterKind):
+    """A kind whose requests run on the FrozenRuntime (one batched entry point for all kinds)."""
+
+    engine: ClassVar[EngineName] = "runtime"
+
+    def builtin(self, name: str, backbone: Any) -> Any:
+        raise InvalidRequest(f"{self.name} has no built-in model {name!r}; name an adapter in `model`",
+                             param="model")
+
+    def load(self, directory: Path, backbone: Any, ref: Any) -> Any:
+        raise NotImplementedError  # abstract
+
+    def prepare(self, backbone: Any, loaded: Any, request: Any) -> Any:
+        return request
+
+    def run(self, backbone: Any, batch: list[tuple[Any, Any]]) -> list[Any]:
+        raise NotImplementedError  # abstract
+
+    def finish(self, out: Any) -> Any:
+        return out
+
+
+class LLMKind(AdapterKind):
+    """A kind that rides on the LLMServer's vLLM engine; its hooks run in that replica."""
+
+    engine: ClassVar[EngineName] = "llm"
+    serves: ClassVar[tuple[str, ...]] = ("chat", "completions")
+
+    async def load(self, directory: Path, backbone: Any, ref: Any) -> Any:
+        raise NotImplementedError  # abstract
+
+    async def unload(self, loaded: Any, backbone: Any, ref: Any) -> None:
+        return None
+
+    async def rewrite_request(self, loaded: Any, call: Any) -> Any:
+        return call
+
+    def rewrite_response(self, loaded: Any, call: Any,
+                         frames: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return frames
+
+
+def group_by_adapter(batch: Sequence[tuple[Any, Any]]) -> list[list[int]]:
+    """Indices of `batch` grouped by loaded adapter (by identity), in first-seen order."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, (loaded, _) in enumerate(batch):
+        groups[id(loaded)].append(i)
+    return list(groups.values())
+
+
+_KINDS: dict[str, AdapterKind] = {}
+_plugins_loaded = False
+
+
+def register_kind(cls: type[AdapterKind]) -> type[AdapterKind]:
+    if getattr(cls, "engine", None) not in ("llm", "runtime"):
+        raise ValueError(f"{cls.__name__}: subclass RuntimeKind or LLMKind")
+    if not getattr(cls, "serves", None):
+        raise ValueError(f"{cls.__name__}: `serves` must name the endpoint families it answers")
+    _KINDS[cls.name] = cls()
+    return cls
+
+
+def load_kinds() -> None:
+    """Import every kind of the `floe.adapters` entry-point group (floe's own ones included)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    for ep in entry_points(group=ENTRY_POINTS):
+        ep.load()
+    _plugins_loaded = True
+
+
+def get_kind(name: str) -> AdapterKind:
+    if name not in _KINDS:
+        load_kinds()
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise InvalidAdapter(f"unknown adapter kind {name!r}; known kinds: {known_kinds()}",
+                             param="kind") from None
+
+
+def known_kinds() -> list[str]:
+    load_kinds()
+    return sorted(_KINDS)
+
+
+def detect_kind(directory: Path) -> str:
+    """The kind named by the manifest, else `lora` for a plain PEFT LoRA directory."""
+    manifest = AdapterKind.read_manifest(directory)
+    if "kind" in manifest:
+        return str(manifest["kind"])
+    if (directory / "adapter_config.json").is_file():
+        return "lora"
+    raise InvalidAdapter(
+        f"{directory.name}: neither {MANIFEST} nor a PEFT adapter_config.json found", param="source")
+
+
+def inspect_adapter(directory: Path, limits: EngineLimits) -> AdapterInfo:
+    return get_kind(detect_kind(directory)).manifest(directory, limits)
