@@ -1,4 +1,4 @@
-"""Maps the top-level folders into the ``floe`` namespace (DESIGN.md: no floe/__init__.py).
+"""Maps the top-level folders into the ``floe`` namespace (docs/design.md: no floe/__init__.py).
 
 pyproject.toml holds the metadata; this file only computes ``packages`` / ``package_dir`` so
 that subpackages added later are picked up without editing a list.

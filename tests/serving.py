@@ -27,11 +27,12 @@ def free_port() -> int:
 
 
 def spawn_floe(cmd: list[str], port: int, log_path: Path, cwd: Path | None = None,
-               timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
+               timeout_s: float = 600, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start a floe server process, wait for /ready; returns (process, url)."""
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "VLLM_CACHE_ROOT": str(log_path.parent / "vllm-cache")})
+                            env={**os.environ, "VLLM_CACHE_ROOT": str(log_path.parent / "vllm-cache"),
+                                 **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -72,7 +73,7 @@ class FloeProcess:
         return stop_floe(self.process)
 
 
-def start_floe(config: dict[str, Any], workdir: Path) -> FloeProcess:
+def start_floe(config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> FloeProcess:
     """`floe serve --config <yaml of config>` on a free port (any `http.port` is replaced)."""
     port = free_port()
     config = {**config, "http": {**config.get("http", {}), "port": port}}
@@ -81,5 +82,5 @@ def start_floe(config: dict[str, Any], workdir: Path) -> FloeProcess:
     path.write_text(yaml.safe_dump(config))
     log = workdir / "serve.log"
     proc, url = spawn_floe([sys.executable, "-m", "floe.server.cli", "serve", "--config", str(path)],
-                           port, log)
+                           port, log, env=env)
     return FloeProcess(url=url, process=proc, log=log)

@@ -1,4 +1,4 @@
-"""Time-LLM: forecasting by reprogramming a frozen LLM (METHODS.md, Time-LLM).
+"""Time-LLM: forecasting by reprogramming a frozen LLM (docs/methods.md, Time-LLM).
 
     series [B, T] -> instance norm -> patches [B, P, patch_len] -> Conv1d embed [B, P, d_model]
       -> cross-attention onto text prototypes (a learned map of the frozen vocabulary) [B, P, d_llm]

@@ -1,1 +1,1 @@
-"""Engines. vLLM is imported only inside this package (DESIGN.md)."""
+"""Engines. vLLM is imported only inside this package (docs/design.md)."""

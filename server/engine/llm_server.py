@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ray import serve
 
 from floe.server.config import FloeConfig
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
 from floe.server.engine.protocol import Engine
 from floe.server.kinds import InvalidAdapter, LLMKind, get_kind
+from floe.server.multiplex import multiplexed
 from floe.server.registry import AdapterRef, snapshots
 
 log = logging.getLogger("floe.llm_server")
@@ -121,7 +121,7 @@ class LLMServer:
     async def get_adapter(self, model_id: str) -> AdapterSlot:  # replaced by the multiplexed one
         raise NotImplementedError
 
-    async def _load_slot(self, model_id: str) -> AdapterSlot:
+    async def _load(self, model_id: str) -> AdapterSlot:
         ref: AdapterRef = await self._registry.version.remote(model_id)
         slot = AdapterSlot(self, ref)
         await self._ensure_loaded(model_id, ref)
@@ -196,11 +196,4 @@ class LLMServer:
 
 def llm_server_class(max_loaded_adapters: int) -> type[LLMServer]:
     """LLMServer with a multiplexed adapter loader holding at most `max_loaded_adapters`."""
-
-    class MultiplexedLLMServer(LLMServer):
-        @serve.multiplexed(max_num_models_per_replica=max_loaded_adapters)
-        async def get_adapter(self, model_id: str) -> AdapterSlot:
-            return await self._load_slot(model_id)
-
-    MultiplexedLLMServer.__name__ = MultiplexedLLMServer.__qualname__ = "LLMServer"
-    return MultiplexedLLMServer
+    return multiplexed(LLMServer, max_loaded_adapters)

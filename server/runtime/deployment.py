@@ -19,6 +19,7 @@ from ray import serve
 
 from floe.server.config import FloeConfig
 from floe.server.errors import InvalidRequest
+from floe.server.multiplex import multiplexed
 from floe.server.registry import snapshots
 from floe.server.runtime.engine import Resident, RuntimeEngine
 from floe.server.runtime.messages import RuntimeCall
@@ -92,11 +93,4 @@ class FrozenRuntime:
 
 def frozen_runtime_class(max_loaded_adapters: int) -> type[FrozenRuntime]:
     """FrozenRuntime with a multiplexed adapter loader holding at most `max_loaded_adapters`."""
-
-    class MultiplexedFrozenRuntime(FrozenRuntime):
-        @serve.multiplexed(max_num_models_per_replica=max_loaded_adapters)
-        async def get_adapter(self, model_id: str) -> Resident:
-            return await self._load(model_id)
-
-    MultiplexedFrozenRuntime.__name__ = MultiplexedFrozenRuntime.__qualname__ = "FrozenRuntime"
-    return MultiplexedFrozenRuntime
+    return multiplexed(FrozenRuntime, max_loaded_adapters)

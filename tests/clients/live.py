@@ -9,33 +9,20 @@ with the keys and names the docs use, so the docs' examples run unchanged except
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.server.live import make_adapter
+
 API_KEY = "floe-api-key"
 ADMIN_KEY = "floe-admin-key"
 MODEL = "floe-tiny-chat"
 FIXTURE = "floe_live"
 
-_SERVER_CONFTEST = Path(__file__).resolve().parents[1] / "server" / "conftest.py"
-
-
-def _server_helpers():
-    """tests/server/conftest.py's helpers (make_adapter, free_port), imported by path."""
-    spec = importlib.util.spec_from_file_location("_floe_server_test_helpers", _SERVER_CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-make_adapter = _server_helpers().make_adapter
 
 
 @dataclass

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.serving import free_port
-from clients.flaky_server import FlakyServer
+from tests.clients.flaky_server import FlakyServer
 from floe.client import (
     APIConnectionError,
     APITimeoutError,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from clients.live import ADMIN_KEY, API_KEY
+from tests.clients.live import ADMIN_KEY, API_KEY
 from floe.client import (
     AsyncFloe,
     AuthenticationError,
@@ -166,7 +166,7 @@ def test_retrieval(floe):
 
 
 def test_forecasts(floe, floe_live):
-    from clients.live import seasonal
+    from tests.clients.live import seasonal
 
     source = floe_live.timeseries_adapter("sdk-ts")
     adapter = floe.adapters.add("sdk-ts", str(source))

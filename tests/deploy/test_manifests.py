@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy import kustomize, schemas
+from tests.deploy import kustomize, schemas
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

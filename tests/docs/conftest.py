@@ -1,6 +1,6 @@
 """tests/docs: the docs' examples run against the real server of tests/clients/live.py."""
 
-from clients.live import (  # noqa: F401  (fixtures and hooks are found by name)
+from tests.clients.live import (  # noqa: F401  (fixtures and hooks are found by name)
     floe_live,
     pytest_collection_finish,
     pytest_runtest_teardown,

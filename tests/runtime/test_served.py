@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,47 +10,12 @@ import pytest
 import torch
 
 from floe.adapters.image_encoder import model as image_encoder
-from floe.adapters.encoder import EncoderConfig, write
 from floe.adapters.timeseries.model import load
 from tests.runtime.helpers import TINY_TS, seasonal
-from tests.runtime.test_image_encoder import data_url, manual_embedding, png
-from tests.serving import start_floe
+from tests.runtime.images import data_url, manual_embedding, png
+from tests.runtime.values import API_KEY, IMAGE_LIMIT, IMAGE_SEED
 
 pytestmark = pytest.mark.slow
-API_KEY, ADMIN_KEY = "rt-key", "rt-admin"
-IMAGE_LIMIT, IMAGE_SEED = 20_000, 11  # the served image_encoder: largest image (bytes), seed
-
-
-@pytest.fixture(scope="package")
-def server(tiny_dir, llm, ts_adapter, tmp_path_factory):
-    import httpx
-
-    root = tmp_path_factory.mktemp("rt-adapters")
-    shutil.copytree(ts_adapter, root / "tiny-ts")
-    write(root / "enc-last", EncoderConfig(template="Text: {text}", layer=-1, final_norm=True),
-          llm.fingerprint)
-    image_encoder.write(root / "img-enc", llm.hidden_size, llm.fingerprint, seed=IMAGE_SEED)
-    server = start_floe({
-        "model": {"path": str(tiny_dir), "name": "tiny"},
-        "engine": {"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 512, "max_lora_rank": 16},
-        "auth": {"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
-        "adapters": {"roots": [str(root)], "state_dir": str(tmp_path_factory.mktemp("rt-state"))},
-        "runtime": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_series_length": 500,
-                    "max_image_bytes": IMAGE_LIMIT},
-        "retrieval": {"path": str(tmp_path_factory.mktemp("rt-qdrant"))},
-        "ray": {"num_cpus": 2},
-    }, tmp_path_factory.mktemp("rt-server"))
-    url = server.url
-    client = httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {API_KEY}"})
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    for name in ("tiny-ts", "enc-last", "img-enc"):
-        reply = client.post("/v1/adapters", json={"name": name, "source": str(root / name)}, headers=admin)
-        assert reply.status_code == 201, reply.text
-    try:
-        yield client, url
-    finally:
-        client.close()
-        assert server.stop()
 
 
 def test_served_forecast_equals_offline_adapter(server, llm, ts_adapter):

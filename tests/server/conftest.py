@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.serving import free_port, spawn_floe, stop_floe  # noqa: F401  (re-exported for tests)
-
-API_KEY = "test-key"
-ADMIN_KEY = "test-admin-key"
-
-
-@dataclass
-class LiveServer:
-    url: str
-    model: str
-    model_dir: Path
-    adapter_root: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
-
-
-@pytest.fixture(scope="session")
-def base_model_dir() -> Path:
-    from floe.server.models.builtin import prepare
-
-    return prepare("floe-tiny-chat")
+from tests.server.live import ADMIN_KEY, API_KEY, LiveServer
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +16,12 @@ def adapter_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def live_server(base_model_dir, adapter_root, tmp_path_factory) -> Iterator[LiveServer]:
+def live_server(tiny_dir, adapter_root, tmp_path_factory) -> Iterator[LiveServer]:
     """The real application: Gateway + AdapterRegistry + LLMServer(vLLM), over HTTP."""
     from tests.serving import start_floe
 
     server = start_floe({
-        "model": {"path": str(base_model_dir), "name": "tiny"},
+        "model": {"path": str(tiny_dir), "name": "tiny"},
         # float32 so outputs can be compared exactly with transformers + peft.
         "engine": {"dtype": "float32", "kv_cache_memory_bytes": 128 * 2**20, "max_lora_rank": 16,
                    "max_loras": 4, "max_model_len": 1024},
@@ -56,7 +32,7 @@ def live_server(base_model_dir, adapter_root, tmp_path_factory) -> Iterator[Live
         "ray": {"num_cpus": 2},
     }, tmp_path_factory.mktemp("live-server"))
     try:
-        yield LiveServer(url=server.url, model="tiny", model_dir=base_model_dir, adapter_root=adapter_root)
+        yield LiveServer(url=server.url, model="tiny", model_dir=tiny_dir, adapter_root=adapter_root)
     finally:
         assert server.stop(), "the server did not stop within 90 s of Ctrl-C"
 
@@ -75,20 +51,3 @@ def admin(live_server):
     with httpx.Client(base_url=live_server.url, timeout=300,
                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
         yield client
-
-
-def make_adapter(root: Path, name: str, base_dir: Path, seed: int, rank: int = 8) -> Path:
-    """A seeded PEFT LoRA directory under the allowed root (fresh each call)."""
-    import shutil
-
-    from floe.server.models.builtin import build_lora
-
-    cache = Path(os.environ["FLOE_CACHE_DIR"]) / "test-adapters" / f"{base_dir.name}-s{seed}-r{rank}"
-    build_lora(base_dir, cache, seed=seed, rank=rank)
-    target = root / name
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(cache, target)
-    (target / "floe_built.json").unlink(missing_ok=True)
-    return target
-

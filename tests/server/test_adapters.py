@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import ADMIN_KEY, API_KEY, make_adapter
+from tests.server.live import ADMIN_KEY, API_KEY, make_adapter
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY
+from tests.server.live import API_KEY
 
 pytestmark = pytest.mark.slow
 

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def quantized(base_model_dir, tmp_path_factory):
+def quantized(tiny_dir, tmp_path_factory):
     import floe.quant as fq
 
     out = tmp_path_factory.mktemp("quant")
     return {
-        "nf4": fq.quantize(base_model_dir, "nf4", out=out / "nf4"),
-        "gptq4": fq.quantize(base_model_dir, fq.make_config("gptq", bits=4, group_size=64),
+        "nf4": fq.quantize(tiny_dir, "nf4", out=out / "nf4"),
+        "gptq4": fq.quantize(tiny_dir, fq.make_config("gptq", bits=4, group_size=64),
                              calibration=["The harbour was quiet at dawn."] * 8, out=out / "gptq4"),
     }
 
