@@ -19,7 +19,7 @@ def quantize(model_dir, config: BaseModel | str, calibration=None, out=None, ove
     """Quantize the HF checkpoint at ``model_dir`` with ``config`` (a method config or its name).
 
     ``calibration``: path to a text file, a list of strings, or None (methods that need text
-    then use the built-in stdlib-docs corpus). Returns the output directory.
+    then use the built-in corpus's calibration split). Returns the output directory.
     """
     return _run("quantize", model_dir, config, calibration, out, overwrite)
 
@@ -57,9 +57,9 @@ def _run(kind: Kind, model_dir, config, calibration, out, overwrite) -> Path:
     check_architecture(model_dir)
     texts = load_texts(calibration)
     if texts is None and spec.needs_calibration:
-        from floe.quant.refmodel import corpus
+        from floe.quant.refdata import splits
 
-        texts = [p for p in corpus()[0].split("\n\n") if p.strip()]
+        texts = splits().calib
     out = Path(out) if out is not None else model_dir.with_name(f"{model_dir.name}-{spec.name}")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")

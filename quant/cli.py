@@ -78,12 +78,21 @@ def register(app: typer.Typer) -> None:
     @app.command("prune")
     def prune_cmd(
         model_dir: Path = typer.Argument(..., help="Hugging Face model directory"),
-        method: str = typer.Option("maskllm", "--method", "-m", help="maskllm | wanda | magnitude"),
-        steps: Optional[int] = typer.Option(None, "--steps", help="maskllm: training steps"),
+        method: Optional[str] = typer.Option(
+            None, "--method", "-m", help="maskllm (default) | sparsegpt | wanda | magnitude"),
+        mask: Optional[Path] = typer.Option(
+            None, "--mask", help="apply this floe_mask.npz (or a pruned output dir) instead of finding one"),
+        steps: Optional[int] = typer.Option(None, "--steps", help="maskllm: most training steps"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)"),
         calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file, paragraphs split by blank lines"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output dir"),
         set_: list[str] = typer.Option([], "--set", help="any other config field, key=value (repeatable)"),
     ) -> None:
-        """Prune a checkpoint to 2:4 sparsity; writes the output dir with floe_quant.json."""
-        _execute("prune", model_dir, method, {"steps": steps, **_parse_sets(set_)}, calibration, out, overwrite)
+        """Prune a checkpoint to 2:4 sparsity; writes the output dir (weights, floe_mask.npz, floe_quant.json)."""
+        fields = {"steps": steps, **_parse_sets(set_)}
+        if mask is not None:
+            if method not in (None, "mask"):
+                console.print("[red]error:[/red] --mask applies a saved mask; it takes no --method")
+                raise typer.Exit(code=2)
+            method, fields = "mask", {"path": str(mask), **_parse_sets(set_)}
+        _execute("prune", model_dir, method or "maskllm", fields, calibration, out, overwrite)

@@ -1,21 +1,19 @@
 """A small Llama-architecture reference LM trained here, offline and reproducibly.
 
-Text: the Python documentation topics shipped with every CPython (``pydoc_data.topics``) plus
-the docstrings of the standard library's pure-Python modules. Whole documents are split into
-train / held-out by a hash of their name, so the held-out text is never seen in training.
-The tokenizer is a byte-level BPE trained with ``tokenizers``. Output is cached under
-``$FLOE_CACHE_DIR/quant-ref/<spec hash>`` (default ``~/.cache/floe``).
+Text: :mod:`floe.quant.refdata` (CPython's documentation topics and its standard library's
+source), four disjoint splits by document; the LM and its byte-level BPE tokenizer see only
+``train``. The output is cached under ``$FLOE_CACHE_DIR/quant-ref/<key>`` (default
+``~/.cache/floe``), where the key hashes the builder itself (this file and ``refdata.py``), the
+spec, the corpus text and the torch / transformers versions: editing the builder rebuilds.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
 import os
 import shutil
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -23,66 +21,36 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from floe.quant.refdata import Splits, corpus_sha256, splits
+
 HELDOUT_FILE = "heldout.txt"
+INFO_FILE = "floe_refmodel.json"
 
 
 class RefModelSpec(BaseModel):
-    """Size and training schedule of the reference model (defaults: ~6 min on one core)."""
+    """Size and training schedule of the reference model (defaults: ~20 min on one core)."""
 
-    hidden_size: int = 256
+    hidden_size: int = 192
     num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 768
+    num_heads: int = 3
+    intermediate_size: int = 512
     vocab_size: int = 2048
-    seq_len: int = 128
+    seq_len: int = 256
     batch_size: int = 8
-    steps: int = 900
+    steps: int = 1500
     lr: float = 3e-3
+    weight_decay: float = 0.1
     seed: int = 0
-    max_chars: int = Field(1_500_000, description="cap on corpus size, train + held-out")
+    max_chars: int | None = Field(None, description="cap on the corpus (all splits); None: all of it")
 
 
 TEST_SPEC = RefModelSpec(
     hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256, vocab_size=512,
-    seq_len=64, batch_size=8, steps=300, lr=5e-3, max_chars=300_000,
+    seq_len=64, batch_size=8, steps=300, lr=5e-3, weight_decay=0.01, max_chars=400_000,
 )
 
 
-def _documents(max_chars: int) -> list[tuple[str, str]]:
-    """(name, text) pairs, in a fixed order."""
-    import pydoc_data.topics as topics
-
-    docs = [(f"topic:{k}", topics.topics[k]) for k in sorted(topics.topics)]
-    libdir = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(libdir.glob("*.py")):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError):
-            continue
-        parts = [ast.get_docstring(n) for n in ast.walk(tree)
-                 if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
-        text = "\n\n".join(p for p in parts if p and len(p) > 40)
-        if text:
-            docs.append((f"module:{path.stem}", text))
-    out, total = [], 0
-    for name, text in docs:
-        if total >= max_chars:
-            break
-        out.append((name, text))
-        total += len(text)
-    return out
-
-
-def corpus(max_chars: int = 1_500_000) -> tuple[str, str]:
-    """(train_text, heldout_text); about 10% of documents held out by name hash."""
-    train, held = [], []
-    for name, text in _documents(max_chars):
-        bucket = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10
-        (held if bucket == 0 else train).append(text)
-    return "\n\n".join(train), "\n\n".join(held)
-
-
-def train_tokenizer(text: str, vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -93,14 +61,25 @@ def train_tokenizer(text: str, vocab_size: int):
         vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator([text[i:i + 10_000] for i in range(0, len(text), 10_000)], trainer)
+    tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def _spec_key(spec: RefModelSpec) -> str:
+def encode_docs(tok, texts: list[str]) -> torch.Tensor:
+    """One token stream ``[n]``: each document's ids followed by EOS."""
+    ids: list[int] = []
+    for enc in tok(texts)["input_ids"]:
+        ids += enc + [tok.eos_token_id]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def builder_key(spec: RefModelSpec, data: Splits) -> str:
     import transformers
 
-    blob = json.dumps([spec.model_dump(), transformers.__version__, torch.__version__], sort_keys=True)
+    here = Path(__file__).parent
+    src = [hashlib.sha256((here / f).read_bytes()).hexdigest() for f in ("refmodel.py", "refdata.py")]
+    blob = json.dumps([spec.model_dump(), src, corpus_sha256(data), transformers.__version__,
+                       torch.__version__], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -112,13 +91,14 @@ def build_reference_model(spec: RefModelSpec | None = None, cache_dir: Path | No
                           log=print) -> Path:
     """Train (once) and return the directory of the reference model; held-out text beside it."""
     spec = spec or RefModelSpec()
-    out = Path(cache_dir or cache_root()) / _spec_key(spec)
-    if (out / "config.json").exists():
+    data = splits(spec.max_chars)
+    out = Path(cache_dir or cache_root()) / builder_key(spec, data)
+    if (out / INFO_FILE).exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     try:
-        _train(spec, tmp, log)
+        _train(spec, data, tmp, log)
         try:
             tmp.rename(out)
         except OSError:  # another process won the race
@@ -129,13 +109,26 @@ def build_reference_model(spec: RefModelSpec | None = None, cache_dir: Path | No
     return out
 
 
-def _train(spec: RefModelSpec, out: Path, log) -> None:
+def read_info(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / INFO_FILE).read_text())
+
+
+@torch.no_grad()
+def _heldout_loss(model, ids: torch.Tensor, seq_len: int, windows: int = 64) -> float:
+    n = min(windows, len(ids) // seq_len)
+    batch = ids[: n * seq_len].view(n, seq_len)
+    return sum(model(input_ids=batch[i:i + 16], labels=batch[i:i + 16]).loss.item()
+               for i in range(0, n, 16)) / math.ceil(n / 16)
+
+
+def _train(spec: RefModelSpec, data: Splits, out: Path, log) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    t0 = time.time()
     torch.manual_seed(spec.seed)
-    train_text, held_text = corpus(spec.max_chars)
-    tok = train_tokenizer(train_text, spec.vocab_size)
-    ids = torch.tensor(tok(train_text)["input_ids"], dtype=torch.long)
+    tok = train_tokenizer(data.train, spec.vocab_size)
+    ids = encode_docs(tok, data.train)
+    held_ids = encode_docs(tok, data.heldout)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
@@ -144,27 +137,43 @@ def _train(spec: RefModelSpec, out: Path, log) -> None:
         tie_word_embeddings=False, torch_dtype="float32",
     )
     model = LlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    # no weight decay on norms (1-d); decay on matrices and embeddings
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(spec.seed)
     warmup = max(1, spec.steps // 20)
-    t0 = time.time()
     model.train()
     for step in range(spec.steps):
-        lr = spec.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / spec.steps))
+        # linear warmup, cosine decay to 10% of the peak
+        cos = 0.5 * (1 + math.cos(math.pi * step / spec.steps))
+        lr = spec.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * cos)
         for g in opt.param_groups:
             g["lr"] = lr
         starts = torch.randint(0, len(ids) - spec.seq_len - 1, (spec.batch_size,), generator=gen)
-        batch = torch.stack([ids[s:s + spec.seq_len] for s in starts.tolist()])
+        batch = torch.stack([ids[s:s + spec.seq_len] for s in starts.tolist()])  # [B, T]
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 50 == 0 or step == spec.steps - 1:
+        if step % 100 == 0 or step == spec.steps - 1:
             log(f"[refmodel] step {step}/{spec.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
+    held_loss = _heldout_loss(model, held_ids, spec.seq_len)
     model.generation_config.do_sample = False
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / HELDOUT_FILE).write_text(held_text, encoding="utf-8")
-    (out / "floe_refmodel.json").write_text(json.dumps(spec.model_dump(), indent=2))
+    (out / HELDOUT_FILE).write_text("\n\n".join(data.heldout), encoding="utf-8")
+    info = {
+        "spec": spec.model_dump(), "corpus_sha256": corpus_sha256(data), "chars": data.sizes(),
+        "train_tokens": len(ids), "tokens_seen": spec.steps * spec.batch_size * spec.seq_len,
+        "decoder_params": sum(p.numel() for n, p in model.named_parameters() if ".layers." in f".{n}"),
+        "params": sum(p.numel() for p in model.parameters()),
+        "heldout_loss": held_loss, "build_seconds": round(time.time() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2))
+    log(f"[refmodel] done: held-out loss {held_loss:.3f} (ppl {math.exp(held_loss):.2f}), "
+        f"{info['build_seconds']:.0f}s")

@@ -49,7 +49,7 @@ class MethodSpec:
     needs_calibration: bool
 
 
-BUILTIN_MODULES = ("bnb", "gptq", "sparsity", "qllm")
+BUILTIN_MODULES = ("bnb", "gptq", "sparsity", "sparsegpt", "maskllm", "qllm")
 _METHODS: dict[str, MethodSpec] = {}
 _LOADED = False
 

@@ -1,8 +1,10 @@
-"""2:4 pruning: magnitude, Wanda (one-shot) and MaskLLM (learned).
+"""2:4 pruning: magnitude and Wanda (one-shot), applying a saved mask, and the shared writer.
 
 Every pruned output is a dense-format checkpoint whose decoder linears hold exact 2:4 zeros
-(lm_head and embeddings stay dense). vLLM and transformers run it as a dense model; it can be
-quantized afterwards (GPTQ and RTN keep the zeros).
+(lm_head and embeddings stay dense), plus its mask packed in ``floe_mask.npz``
+(:mod:`floe.quant.masks`). vLLM and transformers run it as a dense model; it can be quantized
+afterwards (GPTQ and RTN keep the zeros). SparseGPT is in ``sparsegpt.py``, MaskLLM in
+``maskllm.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pydantic import Field
 
 from floe.quant.calibration import token_batches
 from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
+from floe.quant.manifest import hash_model_dir
+from floe.quant.masks import MASK_FILE, MaskFileError, load_masks, save_masks
 from floe.quant.model_io import decoder_linears, load_dense, save_dense
 from floe.quant.progress import report
 from floe.quant.registry import MethodConfig, MethodResult, register_method
@@ -35,14 +39,28 @@ class WandaConfig(MethodConfig):
     seq_len: int = 128
 
 
+class MaskFileConfig(MethodConfig):
+    """Apply a mask saved by an earlier ``floe prune`` (its ``floe_mask.npz`` or output dir)."""
+
+    method: Literal["mask"] = "mask"
+    path: str = Field(description="floe_mask.npz, or a pruned output directory holding one")
+    check_base: bool = Field(True, description="refuse a mask made for another checkpoint "
+                             "(sha256 of the base's weight and config files)")
+
+
+def magnitude_masks(model) -> dict[str, torch.Tensor]:
+    return {n: topk_mask(lin.weight.abs()) for n, lin in decoder_linears(model)}
+
+
 def apply_masks(model, masks: dict[str, torch.Tensor]) -> None:
     mods = dict(model.named_modules())
     for name, mask in masks.items():
-        mods[name].weight.data.mul_(mask)
+        mods[name].weight.data.mul_(mask.to(mods[name].weight.dtype))
 
 
 @torch.no_grad()
 def wanda_masks(model, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Prune ``model`` in place with Wanda, layer by layer; returns keep masks ``[out, in]``."""
     hs, kw = capture_layer_inputs(model, input_ids)
     masks: dict[str, torch.Tensor] = {}
     for idx, layer in enumerate(model.model.layers):
@@ -58,61 +76,45 @@ def wanda_masks(model, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     return masks
 
 
-def finish(model, model_dir: Path, work_dir: Path, extra: dict | None = None) -> MethodResult:
-    bad = [n for n, lin in decoder_linears(model) if not is_2to4(lin.weight.data)]
-    if bad:
-        raise RuntimeError(f"2:4 pattern broken in {bad}")
+def finish(model, model_dir: Path, work_dir: Path, masks: dict[str, torch.Tensor],
+           extra: dict | None = None, method: str | None = None) -> MethodResult:
+    """Check the 2:4 pattern, save the pruned checkpoint and its packed mask beside it."""
+    names = {n for n, _ in decoder_linears(model)}
+    bad = sorted(n for n, lin in decoder_linears(model) if not is_2to4(lin.weight.data))
+    if bad or set(masks) != names:
+        raise RuntimeError(f"2:4 pattern broken in {bad or sorted(names ^ set(masks))}")
     save_dense(model, model_dir, work_dir)
+    save_masks(work_dir / MASK_FILE, masks, {"method": method, "base_sha256": hash_model_dir(model_dir)})
     return MethodResult(engine="vllm", load_kwargs={"dtype": "float32"},
-                        extra={"format": "dense", "sparsity": "2:4", **(extra or {})})
+                        extra={"format": "dense", "sparsity": "2:4", "mask_file": MASK_FILE,
+                               **(extra or {})})
 
 
 @register_method("magnitude", kind="prune", config=MagnitudeConfig)
 def _run_magnitude(model_dir: Path, cfg: MagnitudeConfig, texts, work_dir: Path) -> MethodResult:
     model, _ = load_dense(model_dir)
-    apply_masks(model, {n: topk_mask(lin.weight.abs()) for n, lin in decoder_linears(model)})
-    return finish(model, model_dir, work_dir)
+    masks = magnitude_masks(model)
+    apply_masks(model, masks)
+    return finish(model, model_dir, work_dir, masks, method="magnitude")
 
 
 @register_method("wanda", kind="prune", config=WandaConfig, needs_calibration=True)
 def _run_wanda(model_dir: Path, cfg: WandaConfig, texts, work_dir: Path) -> MethodResult:
     model, tok = load_dense(model_dir)
-    wanda_masks(model, token_batches(tok, texts, cfg.seq_len, cfg.num_samples))
-    return finish(model, model_dir, work_dir)
+    masks = wanda_masks(model, token_batches(tok, texts, cfg.seq_len, cfg.num_samples))
+    return finish(model, model_dir, work_dir, masks, method="wanda")
 
 
-class MaskLLMConfig(MethodConfig):
-    """MaskLLM (Fang et al. 2024): learn a categorical choice among the six 2:4 candidates per group.
-
-    Weights stay frozen; only mask logits ``[out, in/4, 6]`` train, through Gumbel-softmax
-    samples with temperature annealed ``tau_start -> tau_end`` and logit scale
-    ``scale_start -> scale_end``. Logits start from a prior mask (Wanda or magnitude).
-    """
-
-    method: Literal["maskllm"] = "maskllm"
-    steps: int = Field(200, description="optimizer steps")
-    batch_size: int = 8
-    seq_len: int = 128
-    lr: float = Field(2e-4, description="Adam learning rate of the mask logits (scaled by 100-500)")
-    adam_eps: float = Field(1e-8, description="Adam epsilon; larger damps logits whose gradient is "
-                            "mostly noise (Adam otherwise moves every logit by ~lr per step)")
-    tau_start: float = 4.0
-    tau_end: float = 0.05
-    scale_start: float = 1e2
-    scale_end: float = 5e2
-    prior: Literal["wanda", "magnitude", "none"] = "wanda"
-    prior_strength: float = Field(3.0, description="initial scaled logit bonus of the prior candidate")
-    num_samples: int = Field(4096, description="calibration windows to draw batches from; "
-                             "few windows let the 1.5 logits per weight overfit them")
-    seed: int = 0
-    threads: int | None = Field(None, description="torch threads while training (None: unchanged)")
-
-
-@register_method("maskllm", kind="prune", config=MaskLLMConfig, needs_calibration=True)
-def _run_maskllm(model_dir: Path, cfg: MaskLLMConfig, texts, work_dir: Path) -> MethodResult:
-    from floe.quant.methods.maskllm import train_masks
-
-    model, tok = load_dense(model_dir)
-    ids = token_batches(tok, texts, cfg.seq_len, cfg.num_samples)
-    stats = train_masks(model, ids, cfg)
-    return finish(model, model_dir, work_dir, {"maskllm": stats})
+@register_method("mask", kind="prune", config=MaskFileConfig)
+def _run_mask_file(model_dir: Path, cfg: MaskFileConfig, texts, work_dir: Path) -> MethodResult:
+    masks, meta = load_masks(Path(cfg.path))
+    if cfg.check_base and meta.get("base_sha256") != hash_model_dir(model_dir):
+        raise MaskFileError(f"{cfg.path} was made for another checkpoint (base sha256 "
+                            f"{str(meta.get('base_sha256'))[:12]}...); pass check_base=false to apply it anyway")
+    model, _ = load_dense(model_dir)
+    shapes = {n: list(lin.weight.shape) for n, lin in decoder_linears(model)}
+    if shapes != meta["shapes"]:
+        raise MaskFileError(f"{cfg.path}: layer names or shapes do not match {model_dir}")
+    apply_masks(model, masks)
+    return finish(model, model_dir, work_dir, masks, {"mask_from": meta.get("method")},
+                  method=meta.get("method"))

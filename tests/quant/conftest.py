@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from floe.quant.refmodel import HELDOUT_FILE, TEST_SPEC, build_reference_model, corpus
+from floe.quant.refdata import splits
+from floe.quant.refmodel import HELDOUT_FILE, TEST_SPEC, build_reference_model
 
 # NOTE: one core for torch, so a server test running beside this suite still gets one
 torch.set_num_threads(1)
@@ -28,7 +29,14 @@ def heldout(tiny_model) -> str:
 
 @pytest.fixture(scope="session")
 def calib_texts() -> list[str]:
-    return [p for p in corpus(TEST_SPEC.max_chars)[0].split("\n\n") if p.strip()][:400]
+    """The calibration split (disjoint from the model's training and held-out text)."""
+    return splits(TEST_SPEC.max_chars).calib
+
+
+@pytest.fixture(scope="session")
+def mask_texts() -> list[str]:
+    """The mask-learning split (MaskLLM trains and validates on it)."""
+    return splits(TEST_SPEC.max_chars).mask
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -51,3 +52,23 @@ def test_cli_errors_exit_2_and_leave_nothing(tiny_model, tmp_path):
     res = runner.invoke(_app(), ["prune", str(tiny_model), "--method", "awq", "--out", str(tmp_path / "z")])
     assert res.exit_code == 2 and "maskllm" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_prune_writes_a_mask_and_applies_it(tiny_model, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["prune", str(tiny_model), "--method", "magnitude", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p" / "floe_mask.npz").is_file()
+    res = runner.invoke(_app(), ["prune", str(tiny_model), "--mask", str(tmp_path / "p" / "floe_mask.npz"),
+                                 "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    m = fq.read_manifest(tmp_path / "a")
+    assert m.method == "mask" and m.extra["mask_from"] == "magnitude"
+    a, p = fq.load_for_transformers(tmp_path / "a"), fq.load_for_transformers(tmp_path / "p")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), p.state_dict().values()))
+    res = runner.invoke(_app(), ["prune", str(tmp_path / "p"), "--mask", str(tmp_path / "p"),
+                                 "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "another checkpoint" in res.output
+    res = runner.invoke(_app(), ["prune", str(tiny_model), "--mask", str(tmp_path / "p"), "--method", "wanda",
+                                 "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2
