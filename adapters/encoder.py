@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import (MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, RuntimeKind,
-                               group_by_adapter, register_kind)
+from floe.server.kinds import (
+    MANIFEST,
+    AdapterInfo,
+    EngineLimits,
+    InvalidAdapter,
+    RuntimeKind,
+    group_by_adapter,
+    register_kind,
+)
 from floe.server.schemas.embeddings import MINILM_ALIASES, EmbedCall, EmbedResult
 
 if TYPE_CHECKING:
@@ -47,7 +54,7 @@ class EncoderConfig:
             raise ValueError("pooling must be 'last' or 'mean'")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -55,7 +62,7 @@ class EncoderConfig:
         return asdict(self)
 
 
-def template_ids(llm: "FrozenModel", cfg: EncoderConfig, item: str | list[int]) -> list[int]:
+def template_ids(llm: FrozenModel, cfg: EncoderConfig, item: str | list[int]) -> list[int]:
     """Token ids of one input wrapped in the template (token arrays are spliced in as they are)."""
     prefix, suffix = cfg.template.split("{text}")
     if isinstance(item, str):
@@ -63,7 +70,7 @@ def template_ids(llm: "FrozenModel", cfg: EncoderConfig, item: str | list[int]) 
     return llm.tokenize(prefix) + list(item) + llm.tokenize(suffix)
 
 
-def encode(llm: "FrozenModel", cfg: EncoderConfig, items: list[str | list[int]]) -> "torch.Tensor":
+def encode(llm: FrozenModel, cfg: EncoderConfig, items: list[str | list[int]]) -> torch.Tensor:
     """[len(items), d_llm] float32 embeddings; left padding keeps the last token at -1."""
     import torch
 
@@ -96,7 +103,7 @@ class MiniLM:
             return self.tokenizer(item, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
         return list(item)[:limit]
 
-    def encode(self, items: list[str | list[int]]) -> "torch.Tensor":
+    def encode(self, items: list[str | list[int]]) -> torch.Tensor:
         import torch
 
         ids = [self.token_ids(item) for item in items]
@@ -145,7 +152,7 @@ class EncoderKind(RuntimeKind):
         return self.info(manifest, **cfg.public())
 
     # -- execution ---------------------------------------------------------------------------
-    def builtin(self, name: str, backbone: "RuntimeBackbone") -> EncoderConfig | MiniLM:
+    def builtin(self, name: str, backbone: RuntimeBackbone) -> EncoderConfig | MiniLM:
         if name == "":
             return EncoderConfig()
         if name in MINILM_ALIASES:
@@ -154,13 +161,13 @@ class EncoderKind(RuntimeKind):
             return MiniLM()
         return super().builtin(name, backbone)
 
-    def load(self, directory: Path, backbone: "RuntimeBackbone", ref: Any) -> EncoderConfig:
+    def load(self, directory: Path, backbone: RuntimeBackbone, ref: Any) -> EncoderConfig:
         manifest = self.read_manifest(directory)
         if manifest.get("base_model"):
             self.check_base(manifest, backbone.llm.fingerprint)
         return load(directory)
 
-    def prepare(self, backbone: "RuntimeBackbone", loaded: EncoderConfig | MiniLM,
+    def prepare(self, backbone: RuntimeBackbone, loaded: EncoderConfig | MiniLM,
                 request: EmbedCall) -> EmbedCall:
         limit = backbone.config.max_embedding_tokens
         minilm = isinstance(loaded, MiniLM)
@@ -179,7 +186,7 @@ class EncoderKind(RuntimeKind):
                 raise InvalidRequest(f"input[{i}] is longer than {limit} tokens", param="input")
         return request
 
-    def run(self, backbone: "RuntimeBackbone", batch: list[tuple[Any, EmbedCall]]) -> list[EmbedResult]:
+    def run(self, backbone: RuntimeBackbone, batch: list[tuple[Any, EmbedCall]]) -> list[EmbedResult]:
         results: list[Any] = [None] * len(batch)
         for indices in group_by_adapter(batch):
             loaded = batch[indices[0]][0]

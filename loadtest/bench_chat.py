@@ -192,7 +192,8 @@ def main() -> None:
     print()
     print(f"model={served} concurrency={args.concurrency} requests={args.requests} "
           f"max_tokens={args.max_tokens} cpus={os.cpu_count()}")
-    header = f"{'server':<6} {'ttft_p50':>9} {'ttft_p95':>9} {'itl_p50':>8} {'itl_p95':>8} {'tok/s':>8} {'errors':>6} {'rss_GiB':>7}"
+    header = (f"{'server':<6} {'ttft_p50':>9} {'ttft_p95':>9} {'itl_p50':>8} {'itl_p95':>8} "
+              f"{'tok/s':>8} {'errors':>6} {'rss_GiB':>7}")
     print(header)
     for name, run in runs.items():
         print(f"{name:<6} {pct(run.ttft, 50) * 1e3:8.1f}ms {pct(run.ttft, 95) * 1e3:8.1f}ms "

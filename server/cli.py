@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -28,17 +27,17 @@ def _fail(message: str) -> None:
 
 @app.command()
 def serve(
-    model: Optional[Path] = typer.Option(None, help="Hugging Face-format model directory (default: built-in)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
-    host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Listen port (default 8000)."),
+    model: Path | None = typer.Option(None, help="Hugging Face-format model directory (default: built-in)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
+    host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Listen port (default 8000)."),
     adapter_root: list[Path] = typer.Option([], "--adapter-root", help="Allowed adapter source root (repeatable)."),
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable)."),
-    admin_key: Optional[str] = typer.Option(None, help="Key required for the adapter API."),
-    engine_replicas: Optional[int] = typer.Option(None, help="LLMServer replicas."),
-    max_model_len: Optional[int] = typer.Option(None, help="Context length."),
-    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster instead of starting one."),
-    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance."),
+    admin_key: str | None = typer.Option(None, help="Key required for the adapter API."),
+    engine_replicas: int | None = typer.Option(None, help="LLMServer replicas."),
+    max_model_len: int | None = typer.Option(None, help="Context length."),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster instead of starting one."),
+    num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray instance."),
 ) -> None:
     """Start the OpenAI-compatible server (Ray Serve gateway + vLLM engine)."""
     from pydantic import ValidationError
@@ -90,63 +89,40 @@ def models_prepare(name: str = typer.Option("floe-tiny-chat", help="Built-in mod
     print(path)
 
 
-def _admin_client(url: str, key: Optional[str]):
-    import httpx
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=600)
-
-
-def _show(response) -> None:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"error": {"message": response.text}}
-    if response.status_code >= 400:
-        _fail(f"{response.status_code}: {body.get('error', {}).get('message', body)}")
-    print(json.dumps(body, indent=2))
-
-
 _URL = typer.Option(os.environ.get("FLOE_URL", "http://127.0.0.1:8000"), "--url", help="Server URL ($FLOE_URL).")
 _KEY = typer.Option(os.environ.get("FLOE_ADMIN_KEY"), "--admin-key", help="Admin key ($FLOE_ADMIN_KEY).")
 
 
-@adapters_app.command("add")
-def adapters_add(name: str, source: str, url: str = _URL, admin_key: Optional[str] = _KEY) -> None:
-    """Register (or replace) adapter NAME from SOURCE, a directory under an allowed root."""
-    import httpx
+def _admin(url: str, key: str | None, action) -> None:
+    """Run `action(floe.adapters)` with the SDK and print its answer as JSON; errors exit 1."""
+    from floe.client import APIConnectionError, APIStatusError, Floe
 
     try:
-        with _admin_client(url, admin_key) as client:
-            source_path = Path(source).expanduser()
-            _show(client.post("/v1/adapters", json={
-                "name": name, "source": str(source_path.resolve()) if source_path.exists() else source}))
-    except httpx.HTTPError as exc:
+        with Floe(url, admin_key=key, timeout=600) as floe:
+            print(action(floe.adapters).model_dump_json(indent=2))
+    except APIStatusError as exc:
+        _fail(f"{exc.status_code}: {exc.message}")
+    except APIConnectionError as exc:
         _fail(f"cannot reach {url}: {exc}")
+
+
+@adapters_app.command("add")
+def adapters_add(name: str, source: str, url: str = _URL, admin_key: str | None = _KEY) -> None:
+    """Register (or replace) adapter NAME from SOURCE, a directory under an allowed root."""
+    path = Path(source).expanduser()
+    _admin(url, admin_key, lambda adapters: adapters.add(name, str(path.resolve()) if path.exists() else source))
 
 
 @adapters_app.command("list")
-def adapters_list(url: str = _URL, admin_key: Optional[str] = _KEY) -> None:
+def adapters_list(url: str = _URL, admin_key: str | None = _KEY) -> None:
     """List registered adapters."""
-    import httpx
-
-    try:
-        with _admin_client(url, admin_key) as client:
-            _show(client.get("/v1/adapters"))
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {url}: {exc}")
+    _admin(url, admin_key, lambda adapters: adapters.list())
 
 
 @adapters_app.command("rm")
-def adapters_rm(name: str, url: str = _URL, admin_key: Optional[str] = _KEY) -> None:
+def adapters_rm(name: str, url: str = _URL, admin_key: str | None = _KEY) -> None:
     """Remove adapter NAME; waits for its in-flight requests to finish."""
-    import httpx
-
-    try:
-        with _admin_client(url, admin_key) as client:
-            _show(client.delete(f"/v1/adapters/{name}"))
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {url}: {exc}")
+    _admin(url, admin_key, lambda adapters: adapters.delete(name))
 
 
 def _mount_plugins() -> None:

@@ -95,6 +95,19 @@ def from_status(status: int, message: str, *, param: str | None = None,
     return cls(message, param=param, code=code)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "body"}
+
+
+def validation_error(errors: list[dict[str, Any]]) -> InvalidRequest:
+    """The 400 for a pydantic validation failure (FastAPI's, a wire type's, vLLM's protocol's):
+    the first error, with its field path as `param`."""
+    first = errors[0]
+    # NOTE: union members appear in `loc` as type tags (`list[float]`, `str`): not fields.
+    param = ".".join(str(p) for p in first.get("loc", ())
+                     if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))) or None
+    return InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param)
+
+
 def unwrap(exc: BaseException) -> FloeError | None:
     """The FloeError behind an exception, also when Ray wrapped it on the way from a replica."""
     from ray.exceptions import RayTaskError

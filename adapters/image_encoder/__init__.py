@@ -9,8 +9,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import (MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, RuntimeKind,
-                               group_by_adapter, register_kind)
+from floe.server.kinds import (
+    MANIFEST,
+    AdapterInfo,
+    EngineLimits,
+    InvalidAdapter,
+    RuntimeKind,
+    group_by_adapter,
+    register_kind,
+)
 from floe.server.schemas.embeddings import EmbedCall, EmbedResult
 
 if TYPE_CHECKING:
@@ -37,7 +44,7 @@ class ImageEncoderConfig:
             raise ValueError("std values must be positive")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageEncoderConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ImageEncoderConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -77,13 +84,13 @@ class ImageEncoderKind(RuntimeKind):
                          patch_size=vit_cfg.get("patch_size"))
 
     # -- execution ---------------------------------------------------------------------------
-    def load(self, directory: Path, backbone: "RuntimeBackbone", ref: Any) -> "ImageEncoder":
+    def load(self, directory: Path, backbone: RuntimeBackbone, ref: Any) -> ImageEncoder:
         from floe.adapters.image_encoder.model import load
 
         self.check_base(self.read_manifest(directory), backbone.llm.fingerprint)
         return load(directory, backbone.llm.hidden_size)
 
-    def prepare(self, backbone: "RuntimeBackbone", loaded: "ImageEncoder", request: EmbedCall) -> ImageItem:
+    def prepare(self, backbone: RuntimeBackbone, loaded: ImageEncoder, request: EmbedCall) -> ImageItem:
         """Decode and preprocess every image of one request (400 on a bad one, before batching)."""
         from floe.adapters.image_encoder.model import data_url_bytes, decode_image, preprocess
 
@@ -91,7 +98,7 @@ class ImageEncoderKind(RuntimeKind):
         images = [decode_image(data_url_bytes(item, i, limit), i) for i, item in enumerate(request.inputs)]
         return ImageItem(preprocess(images, loaded.image_size, loaded.cfg))
 
-    def run(self, backbone: "RuntimeBackbone", batch: list[tuple["ImageEncoder", ImageItem]]
+    def run(self, backbone: RuntimeBackbone, batch: list[tuple[ImageEncoder, ImageItem]]
             ) -> list[EmbedResult]:
         import torch
 

@@ -48,7 +48,7 @@ class TimeLLMConfig:
         return (self.seq_len - self.patch_len) // self.stride + 2
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TimeLLMConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TimeLLMConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -81,12 +81,12 @@ class TimeseriesKind(RuntimeKind):
         return self.info(manifest, seq_len=cfg.seq_len, horizon=cfg.horizon, description=cfg.description)
 
     # -- execution ---------------------------------------------------------------------------
-    def load(self, directory: Path, backbone: "RuntimeBackbone", ref: Any) -> "TimeLLM":
+    def load(self, directory: Path, backbone: RuntimeBackbone, ref: Any) -> TimeLLM:
         from floe.adapters.timeseries.model import load
 
         return load(directory, backbone.llm)
 
-    def prepare(self, backbone: "RuntimeBackbone", loaded: "TimeLLM", request: ForecastCall) -> ForecastItem:
+    def prepare(self, backbone: RuntimeBackbone, loaded: TimeLLM, request: ForecastCall) -> ForecastItem:
         from floe.adapters.timeseries.model import validate_series
 
         cfg, limits = loaded.cfg, backbone.config
@@ -101,7 +101,7 @@ class TimeseriesKind(RuntimeKind):
         series = validate_series(request.series, cfg, limits.max_series_length)
         return ForecastItem(series, request.horizon or cfg.horizon)
 
-    def run(self, backbone: "RuntimeBackbone", batch: list[tuple["TimeLLM", ForecastItem]]
+    def run(self, backbone: RuntimeBackbone, batch: list[tuple[TimeLLM, ForecastItem]]
             ) -> list[ForecastResult]:
         import torch
 

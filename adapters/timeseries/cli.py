@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,7 +20,7 @@ def train_timeseries(
     lr: float = typer.Option(1e-3, "--lr"),
     description: str = typer.Option("A univariate time series.", "--description",
                                     help="Dataset description in the prompt."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
+    model: Path | None = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Fit a Time-LLM adapter (frozen LLM) and write an adapter directory for `floe adapters add`."""

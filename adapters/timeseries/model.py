@@ -92,11 +92,11 @@ class TimeLLM(nn.Module):
             self._prototypes = protos.detach()
         return protos
 
-    def train(self, mode: bool = True) -> "TimeLLM":
+    def train(self, mode: bool = True) -> TimeLLM:
         self._prototypes = None
         return super().train(mode)
 
-    def forward(self, llm: "FrozenModel", series: torch.Tensor) -> torch.Tensor:
+    def forward(self, llm: FrozenModel, series: torch.Tensor) -> torch.Tensor:
         """series [B, seq_len] raw values -> [B, horizon] forecasts in the same units."""
         cfg = self.cfg
         mean = series.mean(-1, keepdim=True)
@@ -171,7 +171,7 @@ def save(directory: Path, net: TimeLLM, base_fingerprint: str, version: str = "1
     return directory
 
 
-def load(directory: Path, llm: "FrozenModel") -> TimeLLM:
+def load(directory: Path, llm: FrozenModel) -> TimeLLM:
     from safetensors.torch import load_file
 
     manifest = TimeseriesKind.read_manifest(Path(directory))

@@ -70,7 +70,7 @@ def windows(series: list[list[float]], cfg: TimeLLMConfig) -> tuple[torch.Tensor
 
 
 def normalised_mse(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    mean = x.mean(-1, keepdim=True)
+    # NOTE: (pred - y) / std: the mean cancels, so only the window's scale matters.
     std = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5)
     return torch.mean(((pred - y) / std) ** 2)
 

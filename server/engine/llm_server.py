@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-
 from floe.server.config import FloeConfig
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
 from floe.server.engine.protocol import Engine
@@ -52,7 +51,7 @@ class LLMResident:
 class AdapterSlot:
     """A multiplexed adapter on this replica. Serve calls `__del__` when its LRU evicts it."""
 
-    def __init__(self, server: "LLMServer", ref: AdapterRef) -> None:
+    def __init__(self, server: LLMServer, ref: AdapterRef) -> None:
         self.server, self.ref = server, ref
         self._loop = asyncio.get_running_loop()
         self._evicted = False

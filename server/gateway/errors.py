@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from floe.server.errors import EngineError, FloeError, InvalidRequest, NotFound, unwrap
+from floe.server.errors import EngineError, FloeError, InvalidRequest, NotFound, unwrap, validation_error
 
 log = logging.getLogger("floe.gateway")
 
@@ -25,10 +25,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        return error_response(InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
-                                             param=param))
+        return error_response(validation_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

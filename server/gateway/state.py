@@ -27,7 +27,7 @@ class GatewayState:
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def build(cls, ctx: GatewayContext, families: list[Family]) -> "GatewayState":
+    def build(cls, ctx: GatewayContext, families: list[Family]) -> GatewayState:
         state = cls(config=ctx.config, base_name=ctx.base_name, metrics=ctx.metrics,
                     keys=KeyChecker(ctx.config.auth), families=families)
         for family in families:

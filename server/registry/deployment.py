@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from floe.server.kinds import EngineLimits
 from floe.server.config import FloeConfig
+from floe.server.kinds import EngineLimits
 from floe.server.registry.registry import AdapterRegistry
 
 

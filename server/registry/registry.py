@@ -150,7 +150,7 @@ class AdapterRegistry:
         name, _, version = model.partition("@")
         model_id = self._current.get(name)
         ref = self._versions.get(model_id) if model_id else None
-        if ref is None or ref.state is not AdapterState.READY or (
+        if model_id is None or ref is None or ref.state is not AdapterState.READY or (
                 version and not ref.version.startswith(version)):
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
         lease = Lease(next(self._ids), ref)

@@ -59,15 +59,21 @@ def adapter_files(directory: Path) -> list[Path]:
     return files
 
 
-def content_hash(directory: Path) -> str:
+def files_digest(root: Path, files: list[Path]) -> str:
+    """sha256 over (relative name, bytes) of `files` under `root`, in the order given."""
     digest = hashlib.sha256()
-    for rel in adapter_files(directory):
+    for rel in files:
         digest.update(str(rel).encode() + b"\0")
-        with open(directory / rel, "rb") as fh:
+        with open(root / rel, "rb") as fh:
             while block := fh.read(CHUNK):
                 digest.update(block)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def content_hash(directory: Path) -> str:
+    """An adapter's identity: the digest of every file of its directory."""
+    return files_digest(directory, adapter_files(directory))
 
 
 def _publish(target: Path, digest: str, fill) -> Path:

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from floe.server.names import NAME_RULE, valid_name
 from floe.server.errors import Conflict, InvalidRequest, NotFound
+from floe.server.names import NAME_RULE, valid_name
 
 ID_KEY = "_floe_id"  # original string id of a point whose id is not an int or a UUID
 ID_NAMESPACE = uuid.UUID("6f1c2d4e-8a3b-4c5d-9e7f-0a1b2c3d4e5f")

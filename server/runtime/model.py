@@ -10,7 +10,6 @@ is how adapters are trained against the same object that serves them.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,19 +19,12 @@ import torch
 
 from floe.server.errors import InvalidRequest
 
-CHUNK = 1 << 20
-
 
 @lru_cache(maxsize=8)
 def _fingerprint(path: str, stamp: tuple) -> str:
-    digest = hashlib.sha256()
-    root = Path(path)
-    for name in ("config.json", *sorted(p.name for p in root.glob("*.safetensors"))):
-        digest.update(name.encode() + b"\0")
-        with open(root / name, "rb") as fh:
-            while block := fh.read(CHUNK):
-                digest.update(block)
-    return digest.hexdigest()
+    from floe.server.registry.snapshots import files_digest
+
+    return files_digest(Path(path), [Path(name) for name, _, _ in stamp])
 
 
 def base_fingerprint(model_dir: Path | str) -> str:

@@ -16,7 +16,7 @@ class CollectionCreateRequest(BaseModel):
     distance: Literal["cosine", "dot", "euclid"] = "cosine"
 
     @model_validator(mode="after")
-    def _needs_size(self) -> "CollectionCreateRequest":
+    def _needs_size(self) -> CollectionCreateRequest:
         if self.model is None and self.dimension is None:
             raise ValueError("give `model` (texts embedded by it) or `dimension` (raw vectors)")
         return self
@@ -31,7 +31,7 @@ class Point(BaseModel):
     payload: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "Point":
+    def _one_source(self) -> Point:
         if (self.text is None) == (self.vector is None):
             raise ValueError("each point needs exactly one of `text` or `vector`")
         return self
@@ -53,7 +53,7 @@ class SearchRequest(BaseModel):
     filter: dict[str, Any] | None = Field(None, description="Qdrant filter JSON, or {field: value}.")
 
     @model_validator(mode="after")
-    def _one_query(self) -> "SearchRequest":
+    def _one_query(self) -> SearchRequest:
         if (self.text is None) == (self.vector is None):
             raise ValueError("give exactly one of `text` or `vector`")
         return self

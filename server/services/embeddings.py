@@ -11,8 +11,15 @@ import numpy as np
 from floe.server.errors import InvalidRequest, call
 from floe.server.names import split_model
 from floe.server.runtime.messages import RuntimeCall
-from floe.server.schemas.embeddings import (MINILM_ALIASES, EmbedCall, Embedding, EmbeddingRequest,
-                                            EmbeddingResponse, EmbeddingUsage, EmbedResult)
+from floe.server.schemas.embeddings import (
+    MINILM_ALIASES,
+    EmbedCall,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    EmbedResult,
+)
 from floe.server.services.leases import leased
 
 FAMILY = "embeddings"

@@ -7,8 +7,13 @@ from typing import Any
 from floe.server.errors import InvalidRequest, call
 from floe.server.names import split_model
 from floe.server.runtime.messages import RuntimeCall
-from floe.server.schemas.forecasts import (ForecastCall, ForecastChannel, ForecastRequest,
-                                           ForecastResponse, ForecastResult)
+from floe.server.schemas.forecasts import (
+    ForecastCall,
+    ForecastChannel,
+    ForecastRequest,
+    ForecastResponse,
+    ForecastResult,
+)
 from floe.server.services.leases import leased
 
 FAMILY = "forecasts"

@@ -28,7 +28,7 @@ class RetrievalService:
             dimension = native
         return await self._store_call("create", req.name, dimension, req.distance, req.model)
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def collections(self) -> list[dict[str, Any]]:
         return await self._store_call("list")
 
     async def get(self, name: str) -> dict[str, Any]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from floe.adapters.encoder import FLAME_TEMPLATE, EncoderConfig, encode, write
 from floe.server.config import RuntimeConfig
+from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from floe.server.runtime.engine import RuntimeEngine
 from floe.server.schemas.embeddings import MINILM, EmbedCall
 

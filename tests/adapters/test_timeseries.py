@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from floe.adapters.timeseries.model import load
 from floe.server.config import RuntimeConfig
 from floe.server.errors import InvalidRequest
+from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from floe.server.registry import AdapterRef
 from floe.server.runtime.engine import RuntimeEngine
 from floe.server.schemas.forecasts import ForecastCall

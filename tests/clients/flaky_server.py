@@ -60,7 +60,7 @@ class FlakyServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def __enter__(self) -> "FlakyServer":
+    def __enter__(self) -> FlakyServer:
         self._thread.start()
         deadline = time.monotonic() + 20
         while not self._server.started:

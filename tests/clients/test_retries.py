@@ -8,8 +8,6 @@ import time
 
 import pytest
 
-from tests.serving import free_port
-from tests.clients.flaky_server import FlakyServer
 from floe.client import (
     APIConnectionError,
     APITimeoutError,
@@ -20,6 +18,8 @@ from floe.client import (
     RateLimitError,
     ServiceUnavailableError,
 )
+from tests.clients.flaky_server import FlakyServer
+from tests.serving import free_port
 
 ADAPTERS = {"object": "list", "data": [
     {"id": "a", "object": "adapter", "version": "0123456789ab", "model": "a@0123456789ab",

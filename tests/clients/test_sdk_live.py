@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from tests.clients.live import ADMIN_KEY, API_KEY
 from floe.client import (
     AsyncFloe,
     AuthenticationError,
@@ -17,6 +16,7 @@ from floe.client import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
+from tests.clients.live import ADMIN_KEY, API_KEY
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,8 @@ import torch
 from floe.adapters.encoder import EncoderConfig, write
 from floe.adapters.image_encoder import model as image_encoder
 from tests.runtime import plugin
-from tests.serving import start_floe
-
 from tests.runtime.values import ADMIN_KEY, API_KEY, IMAGE_LIMIT, IMAGE_SEED
+from tests.serving import start_floe
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from floe.adapters.image_encoder import model as image_kind
-from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from floe.server.errors import InvalidRequest
+from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
 from tests.runtime.images import data_url, manual_embedding, png
 
 

@@ -13,7 +13,7 @@ from floe.adapters.image_encoder import model as image_encoder
 from floe.adapters.timeseries.model import load
 from tests.runtime.helpers import TINY_TS, seasonal
 from tests.runtime.images import data_url, manual_embedding, png
-from tests.runtime.values import API_KEY, IMAGE_LIMIT, IMAGE_SEED
+from tests.runtime.values import API_KEY, IMAGE_SEED
 
 pytestmark = pytest.mark.slow
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,7 +23,7 @@ def test_metrics_after_traffic(openai_client, live_server):
         model=live_server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True)
     for _ in stream:
         pass
-    with pytest.raises(Exception):
+    with pytest.raises(openai.NotFoundError):
         openai_client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
     # NOTE: a stream is counted when the gateway's generator finishes, a moment after the
     # client has read `[DONE]`: poll briefly instead of racing it.

@@ -7,6 +7,7 @@ runs through vLLM with the manifest's load kwargs (quantization, bf16 kernels).
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_nf4_through_the_transformers_engine_matches_its_model(quantized):
                              pad_token_id=tokenizer.pad_token_id)
     assert head.body["choices"][0]["text"] == tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
     assert stream[0].streaming and stream[-1] == "data: [DONE]\n\n"
-    assert '"completion_tokens": 4' in stream[-2]
+    assert json.loads(stream[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 4
     assert bad[0].status == 400 and bad[0].body["error"]["param"] == "logprobs"
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from floe.server.kinds import EngineLimits
 from floe.server.errors import Conflict, InvalidRequest, ModelNotFound, NotFound, PermissionDenied
+from floe.server.kinds import EngineLimits
 from floe.server.registry import AdapterRegistry, AdapterState
 
 

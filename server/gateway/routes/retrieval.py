@@ -10,8 +10,8 @@ from floe.server.gateway.families import Family, GatewayContext
 from floe.server.gateway.routes.embeddings import build_embeddings
 from floe.server.gateway.state import api_auth, service
 from floe.server.schemas.common import parse
-from floe.server.services.retrieval import RetrievalService
 from floe.server.schemas.retrieval import CollectionCreateRequest, SearchRequest, UpsertRequest
+from floe.server.services.retrieval import RetrievalService
 
 router = APIRouter(prefix="/v1/retrieval/collections", dependencies=[Depends(api_auth)])
 
@@ -36,7 +36,7 @@ async def create_collection(request: Request, retrieval: RetrievalService = Depe
 
 @router.get("")
 async def list_collections(retrieval: RetrievalService = Depends(service("retrieval"))):
-    return {"object": "list", "data": await retrieval.list()}
+    return {"object": "list", "data": await retrieval.collections()}
 
 
 @router.get("/{name}")

@@ -10,7 +10,7 @@ import httpx
 
 from floe.client import _calls as calls
 from floe.client import types as t
-from floe.client._core import Call, ClientOptions, check, retry_delay
+from floe.client._core import Call, ClientOptions, after_attempt
 from floe.client.errors import APIConnectionError, APITimeoutError
 
 T = TypeVar("T")
@@ -44,26 +44,21 @@ class AsyncFloe:
         """Send `call`, retrying 429 / 503 / refused connections as `retry_delay` says."""
         attempt = 0
         while True:
+            headers = self.options.auth_headers(call.admin)
             try:
-                response = await self._http.request(call.method, call.path, json=call.json,
-                                              headers=self.options.auth_headers(call.admin))
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                delay = retry_delay(self.options, attempt, None) if call.retry else None
-                if delay is None:
-                    raise _connection_error(exc) from exc
-            except httpx.TransportError as exc:  # sent: a retry could repeat the work
-                raise _connection_error(exc) from exc
-            else:
-                delay = retry_delay(self.options, attempt, response) if call.retry else None
-                if delay is None:
-                    return check(call, response)
+                sent = await self._http.request(call.method, call.path, json=call.json, headers=headers)
+                delay, result = after_attempt(call, self.options, attempt, sent)
+            except httpx.TransportError as exc:
+                delay, result = after_attempt(call, self.options, attempt, None, exc)
+            if delay is None:
+                return result  # type: ignore[return-value]
             await asyncio.sleep(delay)
             attempt += 1
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncFloe":
+    async def __aenter__(self) -> AsyncFloe:
         return self
 
     async def __aexit__(self, *_: Any) -> None:
@@ -102,11 +97,6 @@ class AsyncFloe:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("Floe.openai() needs the openai package: pip install 'floe-client[openai]'") from exc
         return AsyncOpenAI(**{**self.options.openai_kwargs(), **kwargs})
-
-
-def _connection_error(exc: httpx.TransportError) -> APIConnectionError:
-    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-    return cls(f"{type(exc).__name__}: {exc}", request=getattr(exc, "_request", None))
 
 
 class _Resource:

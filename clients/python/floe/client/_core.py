@@ -7,13 +7,14 @@ import email.utils
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from floe.client.errors import status_error
+from floe.client.errors import APIConnectionError, APITimeoutError, status_error
 
 __version__ = "0.1.0"
 T = TypeVar("T")
@@ -40,7 +41,7 @@ class ClientOptions:
     def build(cls, base_url: str | None, api_key: str | None, admin_key: str | None,
               timeout: float | httpx.Timeout, max_retries: int, backoff_base_s: float,
               backoff_max_s: float, max_retry_after_s: float,
-              headers: dict[str, str] | None) -> "ClientOptions":
+              headers: dict[str, str] | None) -> ClientOptions:
         url = base_url or os.environ.get("FLOE_BASE_URL") or "http://127.0.0.1:8000"
         url = url.rstrip("/")
         if url.endswith("/v1"):  # accept the OpenAI-style base URL too
@@ -122,3 +123,23 @@ def retry_delay(options: ClientOptions, attempt: int, response: httpx.Response |
             return hinted if hinted <= options.max_retry_after_s else None
     delay = min(options.backoff_max_s, options.backoff_base_s * 2**attempt)
     return delay * (0.5 + random.random() / 2)
+
+
+def after_attempt(call: Call[T], options: ClientOptions, attempt: int, response: httpx.Response | None,
+                  error: httpx.TransportError | None = None) -> tuple[float | None, T | None]:
+    """What one attempt means, for both clients' request loops (no I/O here):
+    `(delay, None)`: retry after `delay` seconds; `(None, result)`: done. Raises the error.
+
+    A refused connection is retried (nothing was sent); any other transport error is not (a
+    retry could repeat the work)."""
+    if error is not None:
+        refused = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
+        delay = retry_delay(options, attempt, None) if call.retry and refused else None
+        if delay is None:
+            cls = APITimeoutError if isinstance(error, httpx.TimeoutException) else APIConnectionError
+            raise cls(f"{type(error).__name__}: {error}", request=getattr(error, "_request", None)) from error
+        return delay, None
+    delay = retry_delay(options, attempt, response) if call.retry else None
+    if delay is None:
+        return None, check(call, response)
+    return delay, None

@@ -9,7 +9,7 @@ import httpx
 
 from floe.client import _calls as calls
 from floe.client import types as t
-from floe.client._core import Call, ClientOptions, check, retry_delay
+from floe.client._core import Call, ClientOptions, after_attempt
 from floe.client.errors import APIConnectionError, APITimeoutError
 
 T = TypeVar("T")
@@ -43,26 +43,21 @@ class Floe:
         """Send `call`, retrying 429 / 503 / refused connections as `retry_delay` says."""
         attempt = 0
         while True:
+            headers = self.options.auth_headers(call.admin)
             try:
-                response = self._http.request(call.method, call.path, json=call.json,
-                                              headers=self.options.auth_headers(call.admin))
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                delay = retry_delay(self.options, attempt, None) if call.retry else None
-                if delay is None:
-                    raise _connection_error(exc) from exc
-            except httpx.TransportError as exc:  # sent: a retry could repeat the work
-                raise _connection_error(exc) from exc
-            else:
-                delay = retry_delay(self.options, attempt, response) if call.retry else None
-                if delay is None:
-                    return check(call, response)
+                sent = self._http.request(call.method, call.path, json=call.json, headers=headers)
+                delay, result = after_attempt(call, self.options, attempt, sent)
+            except httpx.TransportError as exc:
+                delay, result = after_attempt(call, self.options, attempt, None, exc)
+            if delay is None:
+                return result  # type: ignore[return-value]
             time.sleep(delay)
             attempt += 1
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Floe":
+    def __enter__(self) -> Floe:
         return self
 
     def __exit__(self, *_: Any) -> None:
@@ -101,11 +96,6 @@ class Floe:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("Floe.openai() needs the openai package: pip install 'floe-client[openai]'") from exc
         return OpenAI(**{**self.options.openai_kwargs(), **kwargs})
-
-
-def _connection_error(exc: httpx.TransportError) -> APIConnectionError:
-    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-    return cls(f"{type(exc).__name__}: {exc}", request=getattr(exc, "_request", None))
 
 
 class _Resource:
