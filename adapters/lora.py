@@ -43,9 +43,9 @@ class LoRAKind(LLMKind):
         return info
 
     async def load(self, directory: Path, backbone: Any, ref: Any) -> str:
-        """`backbone` is the replica's engine (server/engine/protocol.py); vLLM keeps the weights."""
-        await backbone.load_adapter(ref, str(directory))
+        """vLLM keeps the weights (multi-LoRA); `backbone.engine` is server/engine/protocol.py's."""
+        await backbone.engine.load_adapter(ref, str(directory))
         return ref.model_id
 
     async def unload(self, loaded: Any, backbone: Any, ref: Any) -> None:
-        await backbone.unload_adapter(ref.model_id)
+        await backbone.engine.unload_adapter(ref.model_id)

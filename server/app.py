@@ -22,7 +22,13 @@ from floe.server.registry.deployment import RegistryServer
 
 def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
     config = args if isinstance(args, FloeConfig) else FloeConfig(**(args or {}))
-    _, base_name = resolve_base_model(config)
+    base_dir, base_name = resolve_base_model(config)
+    if config.model.path is None and config.adapters.demos:
+        from floe.server.models.demos import prepare_demos
+
+        demos = prepare_demos(base_dir, config.resolved_cache_dir())
+        config = config.model_copy(update={"adapters": config.adapters.model_copy(
+            update={"preload": {**demos, **config.adapters.preload}})})
     data = config.dump_for_deploy()
     dep = config.deployment
 

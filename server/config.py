@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -39,6 +39,15 @@ class EngineConfig(BaseModel):
     max_lora_rank: int = Field(64, gt=0)
     max_cpu_loras: int | None = Field(None, gt=0)
     seed: int = 0
+    tool_call_parser: str | None = Field(
+        "floe-hermes", description="vLLM tool-call parser matching the model's chat template: "
+        "`floe-hermes` for the built-in model (vLLM's `hermes` with compact whitespace in "
+        "constrained arguments, so small models end their calls), `hermes` for Qwen2.5, "
+        "`llama3_json` for Llama 3, ...; None: no tool calls.")
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        "parameter", description="vLLM's --tool-strict-level: `parameter` holds every call's "
+        "arguments to its tool's JSON schema (as if each tool had strict: true); `auto` only "
+        "the tools that ask for it.")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Passthrough to vLLM EngineArgs.")
 
 
@@ -84,6 +93,22 @@ class AdapterConfig(BaseModel):
     max_loaded_per_replica: int = Field(8, gt=0, description="LRU size of loaded adapters per replica.")
     drain_timeout_s: float = Field(300.0, ge=0, description="How long DELETE waits for in-flight requests.")
     state_dir: Path | None = Field(None, description="Snapshots of registered adapters; default under the cache.")
+    demos: bool = Field(True, description="With the built-in base: also serve every kind's demo adapter "
+                        "(built offline and cached on first start).")
+    preload: dict[str, Path] = Field(default_factory=dict, description="Adapters the server registers "
+                                     "itself at start (name -> directory), e.g. the demos; not under `roots`.")
+
+
+class MediaConfig(BaseModel):
+    """Images and audio in requests (chat content parts): limits and where media may come from."""
+
+    max_bytes: int = Field(8 * 2**20, gt=0, description="Largest encoded media part (bytes).")
+    max_pixels: int = Field(16_000_000, gt=0, description="Largest decoded image (width x height).")
+    max_audio_s: float = Field(30.0, gt=0, description="Longest audio clip (seconds).")
+    max_parts: int = Field(8, gt=0, description="Most media parts in one request.")
+    allowed_domains: list[str] = Field(default_factory=list, description="Hosts http(s) media may be "
+                                       "fetched from; empty: never fetch (data URLs only).")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Timeout of one remote media fetch.")
 
 
 class RayConfig(BaseModel):
@@ -139,11 +164,12 @@ class FloeConfig(BaseSettings):
     adapters: AdapterConfig = Field(default_factory=AdapterConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     cache_dir: Path | None = Field(None, description="Built-in models and adapter snapshots; default ~/.cache/floe.")
 
     @model_validator(mode="after")
-    def _placement_fits(self) -> "FloeConfig":
+    def _placement_fits(self) -> FloeConfig:
         cpus = self.ray.num_cpus
         need = self.deployment.engine_replicas * self.deployment.engine_num_cpus
         if self.runtime.enabled:

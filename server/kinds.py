@@ -68,6 +68,9 @@ class AdapterKind:
     serves: ClassVar[tuple[str, ...]]
     # `module:function` of a typer command, mounted as `floe adapters train <name>` (optional)
     trainer: ClassVar[str | None] = None
+    # `module:function(base_dir: Path, out: Path) -> Path`: the kind's demo adapter for a built-in
+    # base, built offline and deterministically; the default `floe serve` serves it (optional)
+    demo: ClassVar[str | None] = None
 
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
         raise NotImplementedError  # abstract: every kind describes its own directories

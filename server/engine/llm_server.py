@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,16 @@ def select_engine(config: FloeConfig, model_dir: Path, served_name: str) -> Engi
     from floe.server.engine.vllm_engine import VLLMEngine
 
     return VLLMEngine(config.engine, model_dir, served_name, manifest.get("load_kwargs"))
+
+
+@dataclass(frozen=True)
+class LLMBackbone:
+    """What an llm kind's `load` and hooks get: this replica's engine, the config, the base
+    checkpoint (its tokenizer and config, e.g. for the LLM's width)."""
+
+    engine: Engine
+    config: FloeConfig
+    model_dir: Path
 
 
 class LLMResident:
@@ -77,6 +88,7 @@ class LLMServer:
         model_dir, served_name = resolve_base_model(self._config)
         self._engine = engine or select_engine(self._config, model_dir, served_name)
         await self._engine.start()
+        self._backbone = LLMBackbone(self._engine, self._config, model_dir)
         self._inflight: Counter[str] = Counter()
         self._loaded: dict[str, LLMResident] = {}  # model_id -> adapter present in the engine
         self._retiring: set[str] = set()  # unload once their last request ends
@@ -138,7 +150,7 @@ class LLMServer:
         if not path.is_dir():  # another node registered it: fetch the verified bytes
             files = await self._registry.read_files.remote(model_id)
             path = await asyncio.to_thread(snapshots.materialize, files, ref.version, self._state_dir)
-        resident = LLMResident(kind, ref, await kind.load(path, self._engine, ref))
+        resident = LLMResident(kind, ref, await kind.load(path, self._backbone, ref))
         self._loaded[model_id] = resident
         return resident
 
@@ -163,7 +175,7 @@ class LLMServer:
         self._retiring.discard(model_id)
         resident = self._loaded.pop(model_id, None)
         if resident is not None:
-            await resident.kind.unload(resident.value, self._engine, resident.ref)
+            await resident.kind.unload(resident.value, self._backbone, resident.ref)
         log.info("unloaded adapter %s", model_id)
 
     async def _sync_loop(self) -> None:

@@ -16,4 +16,5 @@ class RegistryServer(AdapterRegistry):
             roots=cfg.adapters.roots, state_dir=cfg.resolved_state_dir(),
             limits=EngineLimits(max_lora_rank=cfg.engine.max_lora_rank),
             reserved_names=(base_name, "base"), drain_timeout_s=cfg.adapters.drain_timeout_s,
+            preload=cfg.adapters.preload,
         )

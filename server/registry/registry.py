@@ -77,7 +77,8 @@ class Lease:
 
 class AdapterRegistry:
     def __init__(self, roots: list[Path], state_dir: Path, limits: EngineLimits,
-                 reserved_names: tuple[str, ...] = (), drain_timeout_s: float = 300.0) -> None:
+                 reserved_names: tuple[str, ...] = (), drain_timeout_s: float = 300.0,
+                 preload: dict[str, Path] | None = None) -> None:
         self._roots = list(roots)
         self._state_dir = state_dir
         self._limits = limits
@@ -91,6 +92,8 @@ class AdapterRegistry:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._restore()
+        for name, directory in (preload or {}).items():
+            self._preload(name, Path(directory))
 
     # -- registration -------------------------------------------------------------------
     async def register(self, name: str, source: str) -> AdapterRef:
@@ -110,6 +113,20 @@ class AdapterRegistry:
                 return existing
             self._versions[ref.model_id] = ref
             return ref
+
+    def _preload(self, name: str, directory: Path) -> None:
+        """Serve a directory the server itself provides (a demo adapter): trusted, so not under
+        `roots`; it loads into an engine on first use. A name the user registered wins."""
+        if name in self._current:
+            return
+        digest = snapshots.content_hash(directory)
+        path = snapshots.snapshot(directory, digest, self._state_dir)
+        info = inspect_adapter(path, self._limits)
+        ref = AdapterRef(name=name, version=digest, kind=info.kind, engine=info.engine, serves=info.serves,
+                         path=str(path), state=AdapterState.READY,
+                         details={**info.details, "base_model": info.base_model, "built_in": True})
+        self._versions[ref.model_id] = ref
+        self._current[name] = ref.model_id
 
     async def activate(self, model_id: str) -> AdapterRef:
         async with self._lock:
@@ -231,8 +248,10 @@ class AdapterRegistry:
         return self._state_dir / "registry.json"
 
     def _persist(self) -> None:
-        """Write the name -> version map so registered adapters survive a restart."""
-        entries = [asdict(self._versions[m]) for m in self._current.values()]
+        """Write the name -> version map so registered adapters survive a restart (the server's
+        own preloaded ones are provided again by the next start, as that start builds them)."""
+        entries = [asdict(ref) for ref in (self._versions[m] for m in self._current.values())
+                   if not ref.details.get("built_in")]
         self._state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._index_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=1, default=str))

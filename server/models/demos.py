@@ -1,0 +1,52 @@
+"""The demo adapters of the default `floe serve`: each kind that declares `demo` builds one for
+the built-in base, offline and deterministically, cached by the hash of its builder's code and
+the base's fingerprint (a changed builder never reuses an old build)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import shutil
+import tempfile
+from importlib import import_module
+from pathlib import Path
+
+from floe.server.kinds import get_kind, known_kinds
+
+log = logging.getLogger("floe.demos")
+
+
+def demo_name(kind: str) -> str:
+    return f"demo-{kind.replace('_', '-')}"
+
+
+def _builder(spec: str):
+    module, _, function = spec.partition(":")
+    return import_module(module), getattr(import_module(module), function)
+
+
+def prepare_demos(base_dir: Path, cache: Path, progress=lambda message: None) -> dict[str, Path]:
+    """name -> adapter directory, for every kind with a demo (built now if not cached)."""
+    from floe.server.runtime.model import base_fingerprint
+
+    fingerprint = base_fingerprint(base_dir)
+    out: dict[str, Path] = {}
+    for kind in known_kinds():
+        spec = get_kind(kind).demo
+        if not spec:
+            continue
+        module, build = _builder(spec)
+        key = hashlib.sha256((inspect.getsource(module) + fingerprint).encode()).hexdigest()[:12]
+        target = cache / "demo-adapters" / f"{kind}-{key}"
+        if not target.is_dir():
+            progress(f"building the {kind} demo adapter (once; cached in {target.parent})")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+            try:
+                build(base_dir, tmp / "adapter")
+                (tmp / "adapter").rename(target)  # atomic: a half-built demo is never served
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        out[demo_name(kind)] = target
+    return out
