@@ -55,6 +55,7 @@ class AdapterInfo:
     kind: str
     engine: EngineName
     serves: tuple[str, ...]  # endpoint families that answer with it ("chat", "forecasts", ...)
+    accepts: tuple[str, ...] = ()  # request content part types it consumes ("image_url", ...)
     base_model: str | None = None
     version: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class AdapterKind:
     name: ClassVar[str]
     engine: ClassVar[EngineName]
     serves: ClassVar[tuple[str, ...]]
+    accepts: ClassVar[tuple[str, ...]] = ()  # chat content part types it turns into soft tokens
     # `module:function` of a typer command, mounted as `floe adapters train <name>` (optional)
     trainer: ClassVar[str | None] = None
     # `module:function(base_dir: Path, out: Path) -> Path`: the kind's demo adapter for a built-in
@@ -77,7 +79,7 @@ class AdapterKind:
 
     def info(self, manifest: dict[str, Any], **details: Any) -> AdapterInfo:
         return AdapterInfo(kind=self.name, engine=self.engine, serves=tuple(self.serves),
-                           base_model=manifest.get("base_model"), version=manifest.get("version"),
+                           accepts=tuple(self.accepts), base_model=manifest.get("base_model"), version=manifest.get("version"),
                            details=details)
 
     @staticmethod

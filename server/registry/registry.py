@@ -53,6 +53,7 @@ class AdapterRef:
     engine: str  # "llm" (LLMServer) or "runtime" (FrozenRuntime): where the kind runs
     path: str  # the immutable snapshot directory
     serves: tuple[str, ...] = ()  # endpoint families that answer with it
+    accepts: tuple[str, ...] = ()  # chat content part types its kind consumes (media)
     state: AdapterState = AdapterState.LOADING
     created: float = field(default_factory=time.time)
     error: str | None = None
@@ -105,7 +106,8 @@ class AdapterRegistry:
         info = await asyncio.to_thread(inspect_adapter, path, self._limits)
         async with self._lock:
             ref = AdapterRef(name=name, version=digest, kind=info.kind, engine=info.engine,
-                             serves=info.serves, path=str(path), state=AdapterState.LOADING,
+                             serves=info.serves, accepts=info.accepts, path=str(path),
+                             state=AdapterState.LOADING,
                              details={**info.details, "base_model": info.base_model,
                                       "declared_version": info.version})
             existing = self._versions.get(ref.model_id)
@@ -123,7 +125,7 @@ class AdapterRegistry:
         path = snapshots.snapshot(directory, digest, self._state_dir)
         info = inspect_adapter(path, self._limits)
         ref = AdapterRef(name=name, version=digest, kind=info.kind, engine=info.engine, serves=info.serves,
-                         path=str(path), state=AdapterState.READY,
+                         accepts=info.accepts, path=str(path), state=AdapterState.READY,
                          details={**info.details, "base_model": info.base_model, "built_in": True})
         self._versions[ref.model_id] = ref
         self._current[name] = ref.model_id
@@ -265,7 +267,7 @@ class AdapterRegistry:
             log.exception("not restoring adapter %s", entry.get("name"))
             return None
         return AdapterRef(**{**entry, "engine": info.engine, "serves": info.serves,
-                             "state": AdapterState.READY})
+                             "accepts": info.accepts, "state": AdapterState.READY})
 
     def _restore(self) -> None:
         if not self._index_path.is_file():

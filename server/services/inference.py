@@ -19,6 +19,28 @@ log = logging.getLogger("floe.inference")
 READY_PROBE_S = 2.0
 
 
+MEDIA_PARTS = {"image_url": "images", "input_audio": "audio", "prompt_embeds": "prompt embeddings"}
+
+
+def check_media(body: dict[str, Any], model: str, accepts: tuple[str, ...]) -> None:
+    """400 for a media content part the model's kind does not turn into soft tokens (before the
+    engine sees it: a text model would answer with vLLM's 'not a multimodal model')."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in MEDIA_PARTS and kind not in accepts:
+                raise InvalidRequest(
+                    f"`{model}` does not take {MEDIA_PARTS[kind]}: send `{kind}` parts to a model whose "
+                    "kind accepts them (GET /v1/models lists each model's `kind` and `accepts`)",
+                    param=f"messages[{i}].content[{j}]", code="unsupported_media")
+
+
 class InferenceService:
     def __init__(self, base_name: str, engine: Any, registry: Any, metrics: GatewayMetrics,
                  max_in_flight: int) -> None:
@@ -55,6 +77,7 @@ class InferenceService:
             if adapter is not None:
                 lease = await self._registry.acquire.remote(adapter)
                 check_serves(lease.ref, route)
+            check_media(body, model, lease.ref.accepts if lease else ())
             model_id = lease.ref.model_id if lease else None
             request = OpenAICall(
                 route=route, body={**body, "model": model_id or self.base_name}, adapter_id=model_id,
