@@ -9,13 +9,13 @@ Environment variables are read here and nowhere else. Config objects never do I/
 from __future__ import annotations
 
 import json
-import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, InitSettingsSource, NoDecode, SettingsConfigDict
 
 
 class ModelConfig(BaseModel):
@@ -168,6 +168,15 @@ class FloeConfig(BaseSettings):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     cache_dir: Path | None = Field(None, description="Built-in models and adapter snapshots; default ~/.cache/floe.")
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """Precedence, first wins: flags (init kwargs) > environment > YAML file > defaults;
+        pydantic-settings merges nested sections field by field."""
+        layer = _YAML_LAYER.get()
+        yaml_source = (InitSettingsSource(settings_cls, init_kwargs=layer),) if layer else ()
+        return (init_settings, env_settings, *yaml_source)
+
     @model_validator(mode="after")
     def _placement_fits(self) -> FloeConfig:
         cpus = self.ray.num_cpus
@@ -202,14 +211,8 @@ class FloeConfig(BaseSettings):
         return data
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+# The YAML layer of the config being loaded (set only inside `load_config`).
+_YAML_LAYER: ContextVar[dict[str, Any] | None] = ContextVar("floe_yaml_layer", default=None)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> FloeConfig:
@@ -220,12 +223,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
         data = loaded
-    data = _deep_merge(data, overrides or {})
-    # NOTE: pydantic-settings gives init kwargs priority over the environment; the YAML file
-    # must lose to the environment, so environment values are merged over it here.
-    env_only = FloeConfig().model_dump(exclude_defaults=True) if _has_env() else {}
-    return FloeConfig(**_deep_merge(_deep_merge(data, env_only), overrides or {}))
-
-
-def _has_env() -> bool:
-    return any(key.startswith("FLOE_") for key in os.environ)
+    token = _YAML_LAYER.set(data)
+    try:
+        return FloeConfig(**(overrides or {}))
+    finally:
+        _YAML_LAYER.reset(token)
