@@ -31,23 +31,39 @@ class FrozenRuntime:
     """Base class; `frozen_runtime_class` adds the multiplexed loader with the configured LRU."""
 
     def __init__(self, config: dict[str, Any], registry: Any = None) -> None:
-        import torch
-
-        from floe.server.models import resolve_base_model
-        from floe.server.runtime.model import FrozenModel
-
         self._config = FloeConfig(**config)
         rcfg = self._config.runtime
-        torch.set_grad_enabled(False)
-        model_dir, _ = resolve_base_model(self._config)
-        self.engine = RuntimeEngine(FrozenModel(model_dir, rcfg.dtype), rcfg)
+        self._engine: RuntimeEngine | None = None
+        self._loading = asyncio.Lock()
         self._registry = registry
         self._state_dir = self._config.resolved_state_dir()
         self._run_batch.set_max_batch_size(rcfg.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(rcfg.batch_wait_timeout_s)
 
+    async def _ensure_engine(self) -> RuntimeEngine:
+        """The frozen base loads on first use: a server whose runtime endpoints stay unused never
+        holds this second copy of the weights (only an idle replica process)."""
+        async with self._loading:
+            if self._engine is None:
+                self._engine = await asyncio.to_thread(self._build_engine)
+            return self._engine
+
+    def _build_engine(self) -> RuntimeEngine:
+        from floe.server.models import resolve_base_model
+        from floe.server.runtime.model import FrozenModel
+
+        # NOTE: kinds run their forwards under torch.no_grad(); grad mode is per thread anyway.
+        model_dir, _ = resolve_base_model(self._config)
+        return RuntimeEngine(FrozenModel(model_dir, self._config.runtime.dtype), self._config.runtime)
+
+    @property
+    def engine(self) -> RuntimeEngine:
+        assert self._engine is not None, "loaded by _ensure_engine on the request path"
+        return self._engine
+
     # -- request path -----------------------------------------------------------------------
     async def run(self, call: RuntimeCall) -> Any:
+        await self._ensure_engine()
         resident = await self._resident(call)
         item = await asyncio.to_thread(self.engine.prepare, resident, call.request)
         return await self._run_batch((resident, item))
@@ -69,6 +85,7 @@ class FrozenRuntime:
     # -- adapters ---------------------------------------------------------------------------
     async def warm(self, model_id: str) -> None:
         """Load an adapter now: registration proves this engine accepts it before serving it."""
+        await self._ensure_engine()
         await self.get_adapter(model_id)
 
     async def get_adapter(self, model_id: str) -> Resident:  # replaced by the multiplexed one
