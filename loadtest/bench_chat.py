@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 import yaml
+from stats import pct, tree_rss
 
 PROMPT = ("You are a helpful assistant. Summarise the following notes about the harbour, the "
           "weather, the boats and the people who work there, in a few sentences: ")
@@ -47,13 +47,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, max_tokens: int, run: Run, i: int) -> None:
@@ -116,21 +109,6 @@ def wait_ready(url: str, path: str, proc: subprocess.Popen, timeout: float = 900
     raise TimeoutError(url)
 
 
-def tree_rss(proc: subprocess.Popen) -> int:
-    try:
-        parent = psutil.Process(proc.pid)
-        procs = [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def measure(name: str, cmd: list[str], env: dict, url: str, ready_path: str, model: str, args) -> Run:
     print(f"[{name}] starting: {' '.join(cmd[:6])} ...", flush=True)
     log = open(Path(tempfile.gettempdir()) / f"bench-{name}.log", "w")
@@ -139,7 +117,7 @@ def measure(name: str, cmd: list[str], env: dict, url: str, ready_path: str, mod
         wait_ready(url, ready_path, proc)
         print(f"[{name}] ready; {args.concurrency} clients x {args.requests} requests", flush=True)
         run = asyncio.run(drive(url, model, args.concurrency, args.requests, args.max_tokens))
-        run.peak_rss = tree_rss(proc)
+        run.peak_rss = tree_rss(proc.pid)
         return run
     finally:
         os.killpg(proc.pid, 2)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-import psutil
+from stats import pct, tree_rss
 
 
 @dataclass
@@ -36,31 +36,6 @@ class Tally:
     def fail(self, reason: str) -> None:
         self.failed += 1
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def tree_rss(pid: int | None) -> float:
-    """GiB resident in `pid` and all its descendants (0 without a pid)."""
-    if pid is None:
-        return 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**30
 
 
 async def one_chat(client: httpx.AsyncClient, args: argparse.Namespace, tally: Tally, i: int) -> float:
@@ -121,7 +96,7 @@ async def main_async(args: argparse.Namespace) -> Tally:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=args.streams + 8, max_keepalive_connections=args.streams)
     deadline = time.monotonic() + args.minutes * 60
-    rss_start = tree_rss(args.pid)
+    rss_start = tree_rss(args.pid) / 2**30
     print(f"soak: {args.streams} streams for {args.minutes} min against {args.url} (rss {rss_start:.2f} GiB)")
     async with httpx.AsyncClient(base_url=args.url, headers=headers, limits=limits,
                                  timeout=httpx.Timeout(args.timeout_s)) as client:
@@ -131,9 +106,9 @@ async def main_async(args: argparse.Namespace) -> Tally:
             await asyncio.sleep(min(args.every, max(0.1, deadline - time.monotonic())))
             print(f"  t={time.monotonic() - t0:6.0f}s completed={tally.completed} refused={tally.refused} "
                   f"failed={tally.failed} ttft_p95={pct(tally.ttft, 95) * 1e3:.0f}ms "
-                  f"rss={tree_rss(args.pid):.2f}GiB", flush=True)
+                  f"rss={tree_rss(args.pid) / 2**30:.2f}GiB", flush=True)
         await asyncio.gather(*tasks)
-    rss_end = tree_rss(args.pid)
+    rss_end = tree_rss(args.pid) / 2**30
     print(f"ttft p50={pct(tally.ttft, 50) * 1e3:.1f}ms p95={pct(tally.ttft, 95) * 1e3:.1f}ms   "
           f"itl p50={pct(tally.itl, 50) * 1e3:.1f}ms p95={pct(tally.itl, 95) * 1e3:.1f}ms")
     if tally.reasons:

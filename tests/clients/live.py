@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.server.live import make_adapter
+from tests.server.live import LiveServer, make_adapter
 
 API_KEY = "floe-api-key"
 ADMIN_KEY = "floe-admin-key"
@@ -25,16 +24,8 @@ FIXTURE = "floe_live"
 
 
 
-@dataclass
-class Live:
-    url: str
-    model: str
-    model_dir: Path
-    adapter_root: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
+class Live(LiveServer):
+    """The shared server, with builders of adapters under its allowed root."""
 
     def adapter(self, name: str, seed: int) -> Path:
         """A fresh PEFT LoRA directory `name` under the allowed root."""

@@ -143,3 +143,19 @@ def after_attempt(call: Call[T], options: ClientOptions, attempt: int, response:
     if delay is None:
         return None, check(call, response)
     return delay, None
+
+
+def openai_client(options: ClientOptions, class_name: str, **kwargs: Any) -> Any:
+    """`openai.OpenAI` / `openai.AsyncOpenAI` with the floe client's URL, key, timeout, retries."""
+    try:
+        import openai
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("Floe.openai() needs the openai package: pip install 'floe-client[openai]'") from exc
+    return getattr(openai, class_name)(**{**options.openai_kwargs(), **kwargs})
+
+
+class Resource:
+    """A group of endpoints of one client (sync or async)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client

@@ -9,7 +9,7 @@ import httpx
 
 from floe.client import _calls as calls
 from floe.client import types as t
-from floe.client._core import Call, ClientOptions, after_attempt
+from floe.client._core import Call, ClientOptions, Resource, after_attempt, openai_client
 from floe.client.errors import APIConnectionError, APITimeoutError
 
 T = TypeVar("T")
@@ -91,19 +91,10 @@ class Floe:
     def openai(self, **kwargs: Any):
         """An `openai.OpenAI` client for floe's OpenAI-shaped routes (chat, completions,
         models), with this client's URL, API key, timeout and retries. Needs `floe-client[openai]`."""
-        try:
-            from openai import OpenAI
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("Floe.openai() needs the openai package: pip install 'floe-client[openai]'") from exc
-        return OpenAI(**{**self.options.openai_kwargs(), **kwargs})
+        return openai_client(self.options, "OpenAI", **kwargs)
 
 
-class _Resource:
-    def __init__(self, client: Floe) -> None:
-        self._client = client
-
-
-class Adapters(_Resource):
+class Adapters(Resource):
     """`/v1/adapters`: sends the admin key when one is configured, else the API key."""
 
     def add(self, name: str, source: str) -> t.Adapter:
@@ -121,21 +112,21 @@ class Adapters(_Resource):
         return self._client.request(calls.adapter_delete(name))
 
 
-class Embeddings(_Resource):
+class Embeddings(Resource):
     def create(self, *, model: str, input: str | list[str] | list[int] | list[list[int]],
                encoding_format: str | None = None, dimensions: int | None = None,
                **extra: Any) -> t.EmbeddingsResponse:
         return self._client.request(calls.embeddings(model, input, encoding_format, dimensions, extra))
 
 
-class Forecasts(_Resource):
+class Forecasts(Resource):
     def create(self, *, model: str, series: list[float] | list[list[float]], horizon: int | None = None,
                timestamps: list[Any] | None = None, frequency: str | None = None,
                **extra: Any) -> t.Forecast:
         return self._client.request(calls.forecast(model, series, horizon, timestamps, frequency, extra))
 
 
-class Retrieval(_Resource):
+class Retrieval(Resource):
     def create_collection(self, name: str, *, model: str | None = None, dimension: int | None = None,
                           distance: str | None = None, **extra: Any) -> t.Collection:
         """A collection of `dimension`-sized vectors, or of texts embedded by `model`."""
