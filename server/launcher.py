@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -24,6 +25,11 @@ SERVE_THROUGHPUT_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
 }
 
+# A Ray instance floe starts serves this machine alone, so every Ray process listens on loopback.
+# Ray's "no cluster" mode (its default on macOS and Windows) makes the node IP loopback, and Ray
+# derives each bind address from it: GCS, raylet, object manager, workers, agents, metrics.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
 
 class StartupError(RuntimeError):
     pass
@@ -36,6 +42,24 @@ def _check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def serve_grpc_on_loopback() -> None:
+    """Worker setup hook of a local instance: Serve's inter-deployment gRPC server on loopback.
+
+    Ray Serve 2.60 binds it to "[::]:0" whatever the node IP (serve/_private/replica.py, from
+    ray-project/ray#59908) and offers no setting; callers dial the replica's node IP, loopback here.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None:  # a later Ray; tests/server/test_loopback.py tells whether it still binds "::"
+        return
+    node_ip = ray.util.get_node_ip_address()
+    loopback = f"[{node_ip}]:0" if ":" in node_ip else f"{node_ip}:0"
+    replica.add_port_to_grpc_server = (
+        lambda server, address: bind(server, loopback if address == "[::]:0" else address))
 
 
 def _wait_ready(url: str, timeout_s: float) -> None:
@@ -52,11 +76,14 @@ def _wait_ready(url: str, timeout_s: float) -> None:
 
 def start(config: FloeConfig, progress: Progress = print) -> str:
     """Start the application and return its URL once `/ready` answers 200."""
-    # NOTE: before Ray is imported: Serve reads these when its modules load, here and in every
-    # process the local Ray instance starts (they inherit this environment).
-    if config.ray.throughput_optimized and config.ray.address is None:
-        for key, value in SERVE_THROUGHPUT_ENV.items():
-            os.environ.setdefault(key, value)
+    # NOTE: before Ray is imported: Ray and Serve read these when their modules load, here and in
+    # every process the local Ray instance starts (they inherit this environment).
+    local = config.ray.address is None
+    if local:
+        os.environ.update(LOCAL_RAY_ENV)
+        if config.ray.throughput_optimized:
+            for key, value in SERVE_THROUGHPUT_ENV.items():
+                os.environ.setdefault(key, value)
     import ray
     from ray import serve
 
@@ -68,14 +95,20 @@ def start(config: FloeConfig, progress: Progress = print) -> str:
     os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
     model_dir, name = resolve_base_model(config)
     progress(f"model ready: {name} ({model_dir})")
-    if config.ray.address is None:
+    if local:
         _check_port_free(config.http.host, config.http.port)
+    forwarded = ("FLOE_", "VLLM_", "HF_", "RAY_SERVE_")
+    runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(forwarded)}}
+    if local:
+        runtime_env["worker_process_setup_hook"] = f"{__name__}.{serve_grpc_on_loopback.__name__}"
     # NOTE: "local" always starts a fresh instance; None could attach to a cluster that
     # happens to run on this machine.
     ray.init(address=config.ray.address or "local", num_cpus=config.ray.num_cpus, include_dashboard=False,
-             configure_logging=True, logging_level="WARNING",
-             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("FLOE_", "VLLM_", "HF_", "RAY_SERVE_"))}})
-    progress(f"ray started ({'local' if config.ray.address is None else config.ray.address})")
+             configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
+    if local and not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
+        # Ray reads LOCAL_RAY_ENV when first imported: something imported it before start().
+        raise StartupError("the local Ray instance would listen beyond loopback (ray was imported too early)")
+    progress(f"ray started ({'local' if local else config.ray.address})")
     serve.start(http_options={"host": config.http.host, "port": config.http.port})
     progress("starting the engine (vLLM) and gateway deployments...")
     serve.run(build_app(config), name=config.ray.app_name, route_prefix="/", blocking=False)
