@@ -1,0 +1,211 @@
+"""The `vision` kind: LLaVA-1.5 images in chat (docs/methods.md, LLaVA-1.5; docs/vision.md).
+
+A frozen Hugging Face vision tower (CLIP, SigLIP, ViT) and a two-layer MLP projector turn each
+`image_url` content part into one soft token per patch, which vLLM splices into the rendered
+chat template as a `prompt_embeds` part. This module is torch-free (manifest, config); the
+network lives in `model.py`, image decoding in `images.py`, the vLLM-equivalent chat rendering
+in `chat.py`, the LLaVA checkpoint split in `llava.py`, the trainer in `train.py` / `cli.py`
+and the built-in demo in `demo.py`.
+
+An adapter directory:
+
+    floe_adapter.json       {"kind": "vision", "base_model": <base fingerprint>, "version",
+                             "config": {"feature_layer": -2, "select_strategy": "default",
+                                        "image_size", "mean", "std", "image_token", ...}}
+    tower/                  a Hugging Face vision model (config.json, *.safetensors; optional
+                            preprocessor_config.json, then its PIL image processor is used)
+    projector.safetensors   LLaVA's `multi_modal_projector`: linear_1.{weight,bias},
+                            linear_2.{weight,bias}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import struct
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from floe.server.kinds import MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, LLMKind, register_kind
+
+if TYPE_CHECKING:
+    from floe.adapters.vision.model import VisionAdapter
+
+KIND = "vision"
+TOWER = "tower"
+PROJECTOR = "projector.safetensors"
+SELECT_STRATEGIES = ("default", "full")  # default: drop the tower's CLS token when it has one
+PROJECTOR_KEYS = ("linear_1.weight", "linear_2.weight")
+_MAX_HEADER = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """How a tower's output becomes soft tokens (LLaVA-1.5 semantics by default)."""
+
+    feature_layer: int | tuple[int, ...] = -2  # hidden_states index (0 = embeddings); several concat
+    select_strategy: str = "default"
+    projector_act: str = "gelu"
+    image_size: int | None = None  # square resize when the tower has no preprocessor_config.json
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_token: str | None = None  # a LLaVA checkpoint's image token: refused in request text
+
+    def __post_init__(self) -> None:
+        layer = self.feature_layer
+        if isinstance(layer, list | tuple):
+            if not layer or not all(isinstance(x, int) and not isinstance(x, bool) for x in layer):
+                raise ValueError("feature_layer must be an integer or a non-empty list of integers")
+            object.__setattr__(self, "feature_layer", tuple(layer))
+        elif not isinstance(layer, int) or isinstance(layer, bool):
+            raise ValueError("feature_layer must be an integer or a list of integers")
+        if self.select_strategy not in SELECT_STRATEGIES:
+            raise ValueError(f"select_strategy must be one of {SELECT_STRATEGIES}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size <= 0):
+            raise ValueError("image_size must be a positive integer")
+        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
+        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ValueError("mean and std need 3 values (R, G, B), std positive")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.feature_layer if isinstance(self.feature_layer, tuple) else (self.feature_layer,)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisionConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def public(self) -> dict[str, Any]:
+        out = asdict(self)
+        layer = self.feature_layer
+        return {**out, "feature_layer": list(layer) if isinstance(layer, tuple) else layer,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from a safetensors header (torch-free)."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > _MAX_HEADER:
+                raise ValueError("header too large")
+            header = json.loads(fh.read(size))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise InvalidAdapter(f"{path.name} is not a readable safetensors file: {exc}", param="source") from exc
+
+
+def tower_geometry(tower_cfg: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(hidden_size, num_hidden_layers, image_size, patch_size) of a tower's config.json."""
+    cfg = tower_cfg.get("vision_config") or tower_cfg  # a full CLIP / SigLIP config nests it
+    values = [cfg.get(k) for k in ("hidden_size", "num_hidden_layers", "image_size", "patch_size")]
+    if not all(isinstance(v, int) and v > 0 for v in values):
+        raise InvalidAdapter(f"{TOWER}/config.json: a vision tower config needs positive hidden_size, "
+                             "num_hidden_layers, image_size and patch_size", param="source")
+    return values[0], values[1], values[2], values[3]
+
+
+def read_processor(directory: Path) -> dict[str, Any] | None:
+    path = directory / TOWER / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapter(f"{TOWER}/preprocessor_config.json is not valid JSON: {exc}", param="source") from exc
+    if not isinstance(data, dict):
+        raise InvalidAdapter(f"{TOWER}/preprocessor_config.json must be a JSON object", param="source")
+    return data
+
+
+def processed_size(processor: dict[str, Any] | None, cfg: VisionConfig, tower_image_size: int) -> int:
+    """The square side the tower sees: the processor's crop / size, else config, else tower's."""
+    if processor is None:
+        return cfg.image_size or tower_image_size
+    for key in ("crop_size", "size") if processor.get("do_center_crop") else ("size",):
+        size = processor.get(key)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, dict):
+            side = size.get("height") or size.get("shortest_edge")
+            if isinstance(side, int) and (size.get("width") in (None, side)):
+                return side
+    raise InvalidAdapter(f"{TOWER}/preprocessor_config.json: cannot tell the square input size "
+                         "(expected size / crop_size with height == width or shortest_edge)", param="source")
+
+
+@register_kind
+class VisionKind(LLMKind):
+    name = KIND
+    serves = ("chat",)
+    accepts = ("image_url",)
+    trainer = "floe.adapters.vision.cli:train_vision"
+    demo = "floe.adapters.vision.demo:build"
+
+    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
+        directory = Path(directory)
+        manifest = self.read_manifest(directory)
+        if manifest.get("kind") != KIND:
+            raise InvalidAdapter(f"{MANIFEST} must say \"kind\": \"{KIND}\"", param="source")
+        if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
+            raise InvalidAdapter(f"{MANIFEST}: a vision adapter must name its base_model "
+                                 "(the base checkpoint's fingerprint)", param="source")
+        tower_config = directory / TOWER / "config.json"
+        if not tower_config.is_file():
+            raise InvalidAdapter(f"a vision adapter needs {TOWER}/config.json (a Hugging Face vision model)",
+                                 param="source")
+        if not any((directory / TOWER).glob("*.safetensors")):
+            raise InvalidAdapter(f"a vision adapter needs {TOWER}/*.safetensors", param="source")
+        self.require_files(directory, PROJECTOR)
+        try:
+            cfg = VisionConfig.from_dict(manifest.get("config") or {})
+            tower_cfg = json.loads(tower_config.read_text())
+        except (TypeError, ValueError) as exc:
+            raise InvalidAdapter(f"bad vision adapter: {exc}", param="source") from exc
+        if not isinstance(tower_cfg, dict):
+            raise InvalidAdapter(f"{TOWER}/config.json must be a JSON object", param="source")
+        d_vis, n_layers, tower_size, patch = tower_geometry(tower_cfg)
+        for layer in cfg.layers:
+            if not -(n_layers + 1) <= layer <= n_layers:
+                raise InvalidAdapter(f"feature_layer {layer} out of range for a {n_layers}-layer tower",
+                                     param="source")
+        size = processed_size(read_processor(directory), cfg, tower_size)
+        if size % patch:
+            raise InvalidAdapter(f"image size {size} is not a multiple of the patch size {patch}", param="source")
+        shapes = safetensors_shapes(directory / PROJECTOR)
+        if any(key not in shapes or len(shapes[key]) != 2 for key in PROJECTOR_KEYS):
+            raise InvalidAdapter(f"{PROJECTOR} needs 2-D {' and '.join(PROJECTOR_KEYS)} (LLaVA's "
+                                 "multi_modal_projector)", param="source")
+        (d_mid, d_in), (d_llm, d_mid2) = shapes["linear_1.weight"], shapes["linear_2.weight"]
+        if d_in != d_vis * len(cfg.layers) or d_mid2 != d_mid:
+            raise InvalidAdapter(f"projector shapes {shapes['linear_1.weight']} / {shapes['linear_2.weight']} "
+                                 f"do not fit a tower of width {d_vis} x {len(cfg.layers)} feature layer(s)",
+                                 param="source")
+        patches = (size // patch) ** 2
+        has_cls = tower_cfg.get("model_type") not in ("siglip_vision_model", "siglip")
+        tokens = patches + (1 if has_cls and cfg.select_strategy == "full" else 0)
+        return self.info(manifest, **cfg.public(), tower=tower_cfg.get("model_type"), tower_width=d_vis,
+                         image_input_size=size, patch_size=patch, tokens_per_image=tokens, llm_width=d_llm,
+                         trained=manifest.get("trained"))
+
+    # -- execution (LLMServer replica) ----------------------------------------------------------
+    async def load(self, directory: Path, backbone: Any, ref: Any) -> VisionAdapter:
+        """Tower + projector on CPU (in a thread); the projector must map to the base's width."""
+        from floe.adapters.vision.model import load_for_backbone
+
+        return await asyncio.to_thread(load_for_backbone, Path(directory), backbone)
+
+    async def rewrite_request(self, loaded: VisionAdapter, call: Any) -> Any:
+        """Every `image_url` part -> a `prompt_embeds` part ([n_patches, d_llm] float32); the
+        request then names the base model, which vLLM serves (a vision adapter is no LoRA)."""
+        body = dict(call.body)
+        body["model"] = loaded.served_name
+        if call.route == "chat" and isinstance(body.get("messages"), list):
+            from floe.adapters.vision.model import embed_messages
+
+            body["messages"] = await asyncio.to_thread(embed_messages, loaded, body["messages"])
+        return dataclasses.replace(call, body=body)
