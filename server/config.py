@@ -48,6 +48,9 @@ class EngineConfig(BaseModel):
         "parameter", description="vLLM's --tool-strict-level: `parameter` holds every call's "
         "arguments to its tool's JSON schema (as if each tool had strict: true); `auto` only "
         "the tools that ask for it.")
+    enable_prompt_embeds: bool = Field(
+        True, description="vLLM's --enable-prompt-embeds: media kinds (vision, audio) send their soft "
+        "tokens as prompt embeddings; off, only text and LoRA adapters are served.")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Passthrough to vLLM EngineArgs.")
 
 
