@@ -134,8 +134,10 @@ def _mount_plugins() -> None:
     register(app)
 
 
-def _mount_trainers() -> None:
-    """`floe adapters train <kind>`: every kind that declares a trainer brings its command."""
+def _mount_trainers(argv: list[str]) -> None:
+    """`floe adapters train <kind>`: every kind that declares a trainer brings its command. The
+    trainers' modules load only for that verb, so a kind's trainer never slows (or breaks) the
+    others (`floe serve` among them)."""
     from importlib import import_module
 
     from floe.server.kinds import get_kind, known_kinds
@@ -143,6 +145,8 @@ def _mount_trainers() -> None:
     train_app = typer.Typer(help="Train adapters offline (the base model stays frozen).",
                             no_args_is_help=True)
     adapters_app.add_typer(train_app, name="train")
+    if argv[:2] != ["adapters", "train"]:
+        return
     for name in known_kinds():
         trainer = get_kind(name).trainer
         if trainer:
@@ -152,7 +156,7 @@ def _mount_trainers() -> None:
 
 def main() -> None:
     _mount_plugins()
-    _mount_trainers()
+    _mount_trainers(sys.argv[1:])
     app(prog_name="floe")
 
 

@@ -9,6 +9,8 @@ An adapter leaves the engine only when no request on this replica still uses it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -106,9 +108,12 @@ class LLMServer:
         try:
             resident = await self._resident(model_id)
             # The kind's hooks: e.g. media parts -> prompt embeddings, tool-token ids -> tool_calls.
-            request = await resident.kind.rewrite_request(resident.value, request)
-            frames = self._engine.openai(request)
-            async for item in resident.kind.rewrite_response(resident.value, request, frames):
+            served = await resident.kind.rewrite_request(resident.value, request)
+            frames = resident.kind.rewrite_response(resident.value, served, self._engine.openai(served))
+            engine_model = served.body.get("model")
+            if engine_model != model_id:  # e.g. a vision adapter runs on the base: name the adapter
+                frames = _renamed(frames, str(engine_model), model_id)
+            async for item in frames:
                 yield item
         finally:
             self._release(model_id)
@@ -203,6 +208,20 @@ class LLMServer:
     async def __del__(self) -> None:
         self._sync.cancel()
         await self._engine.shutdown()
+
+
+async def _renamed(frames: AsyncIterator[ResponseHead | str], engine_model: str,
+                   model_id: str) -> AsyncIterator[ResponseHead | str]:
+    """The answer's `model` names the adapter version the client asked for (`name@hash12`, as
+    for a LoRA), not the engine-side model a kind ran it on."""
+    old, new = f'"model":{json.dumps(engine_model)}', f'"model":{json.dumps(model_id)}'
+    async for item in frames:
+        if isinstance(item, ResponseHead):
+            if item.body is not None and item.body.get("model") == engine_model:
+                item = dataclasses.replace(item, body={**item.body, "model": model_id})
+        elif old in item:
+            item = item.replace(old, new, 1)
+        yield item
 
 
 def llm_server_class(max_loaded_adapters: int) -> type[LLMServer]:
