@@ -16,19 +16,21 @@ from ray.serve import Application
 from floe.server.config import FloeConfig
 from floe.server.engine.llm_server import llm_server_class
 from floe.server.gateway.deployment import Gateway
-from floe.server.models import resolve_base_model
+from floe.server.models import checkpoint_adapter, resolve_base_model
 from floe.server.registry.deployment import RegistryServer
 
 
 def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
     config = args if isinstance(args, FloeConfig) else FloeConfig(**(args or {}))
     base_dir, base_name = resolve_base_model(config)
+    preload = checkpoint_adapter(config)  # e.g. a LLaVA checkpoint's vision adapter, under its name
     if config.model.path is None and config.adapters.demos:
         from floe.server.models.demos import prepare_demos
 
-        demos = prepare_demos(base_dir, config.resolved_cache_dir())
+        preload.update(prepare_demos(base_dir, config.resolved_cache_dir()))
+    if preload:
         config = config.model_copy(update={"adapters": config.adapters.model_copy(
-            update={"preload": {**demos, **config.adapters.preload}})})
+            update={"preload": {**preload, **config.adapters.preload}})})
     data = config.dump_for_deploy()
     dep = config.deployment
 

