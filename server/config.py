@@ -26,6 +26,10 @@ class ModelConfig(BaseModel):
     name: str | None = Field(None, description="Name clients use in `model`; default: directory name.")
 
 
+# The linear layers of Llama / Qwen / Mistral-family checkpoints (Hugging Face names) and the LM head.
+LORA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+
+
 class EngineConfig(BaseModel):
     """vLLM engine options. `engine_args` passes any other vLLM EngineArgs field through."""
 
@@ -51,6 +55,11 @@ class EngineConfig(BaseModel):
     enable_prompt_embeds: bool = Field(
         True, description="vLLM's --enable-prompt-embeds: media kinds (vision, audio) send their soft "
         "tokens as prompt embeddings; off, only text and LoRA adapters are served.")
+    lora_target_modules: list[str] | None = Field(
+        None, description="Modules LoRA adapters may target (vLLM's --lora-target-modules). Default: "
+        "every module vLLM supports, except that with prompt embeddings on it is the linear layers "
+        "and lm_head (LORA_LINEAR_MODULES): vLLM 0.32 fails a batch that mixes prompt embeddings "
+        "with a LoRA on embed_tokens, so LoRAs on embed_tokens need enable_prompt_embeds off.")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Passthrough to vLLM EngineArgs.")
 
 
