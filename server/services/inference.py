@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -111,10 +112,18 @@ class InferenceService:
             async for frame in frames:
                 timer.chunk()
                 yield frame
-        except BaseException:
-            status = 499  # client went away (or the engine failed) mid-stream
+        except (asyncio.CancelledError, GeneratorExit):
+            status = 499  # the client went away
             frames.cancel()
             raise
+        except Exception as exc:  # the engine failed mid-answer (e.g. its replica died)
+            err = unwrap(exc) or NotReady("the model replica stopped while answering; retry shortly",
+                                          code="engine_unavailable", headers={"Retry-After": "5"})
+            status = err.status
+            log.warning("stream for %s ended by an engine error: %r", model, exc)
+            # NOTE: the status line is sent already: end the stream with OpenAI's error event,
+            # which the official clients raise as an APIError, instead of a cut connection.
+            yield f"data: {json.dumps(err.body())}\n\n"
         finally:
             timer.done()
             await self._finish(route, model, adapter, status, lease)

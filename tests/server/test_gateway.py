@@ -8,6 +8,7 @@ raised inside replicas (wrapped by Ray) mapped to their status.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -118,3 +119,24 @@ def test_unknown_route_is_404_json():
     with make_client(EngineDouble()) as client:
         response = client.get("/v1/nothing-here")
         assert response.status_code == 404 and "error" in response.json()
+
+
+class DyingEngine(EngineDouble):
+    """Streams one frame, then fails as a Ray handle does when the replica dies."""
+
+    async def _openai(self, call):
+        yield ResponseHead(status=200, streaming=True)
+        yield 'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+        raise RuntimeError("ActorDiedError: the replica died")
+
+
+def test_an_engine_failing_mid_stream_ends_it_with_an_openai_error_event():
+    with make_client(DyingEngine()) as client:
+        with client.stream("POST", "/v1/chat/completions",
+                           json={"model": "m", "messages": [], "stream": True}) as reply:
+            assert reply.status_code == 200
+            events = [line for line in reply.iter_lines() if line]
+    assert events[0].startswith('data: {"choices"')
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "engine_unavailable" and error["type"] == "service_unavailable"
+    assert set(error) == {"message", "type", "param", "code"}
