@@ -1,0 +1,70 @@
+"""`floe adapters train audio`: fit an APT aligner (Q-Former, projection, indicator) on chat JSONL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train_audio(
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
+                              help="OpenAI chat fine-tuning JSONL with input_audio parts; the last message "
+                                   "of each line is the assistant's target."),
+    out: Path = typer.Option(Path("audio-adapter"), "--out", help="Adapter directory to write."),
+    encoder: Path | None = typer.Option(None, "--encoder", exists=True, file_okay=False,
+                                        help="An audio adapter whose frozen encoder to reuse (e.g. the demo's); "
+                                             "default: a seeded, untrained encoder."),
+    num_queries: int = typer.Option(32, "--num-queries", min=1, help="Learned Q-Former queries (soft tokens)."),
+    qformer_dim: int = typer.Option(128, "--qformer-dim", min=8),
+    qformer_layers: int = typer.Option(2, "--qformer-layers", min=1),
+    max_text_tokens: int = typer.Option(64, "--max-text-tokens", min=1,
+                                        help="Instruction tokens the Q-Former reads."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    lr: float = typer.Option(2e-3, "--lr"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
+    model: Path | None = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit an APT audio adapter (frozen LLM and encoder) and write a directory for `floe adapters add`."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from floe.adapters.audio import AudioConfig
+    from floe.adapters.audio.model import llm_width
+    from floe.adapters.audio.train import TrainConfig, train_to_dir
+    from floe.server.config import load_config
+    from floe.server.models import resolve_base_model
+
+    console = Console(stderr=True)
+    model_dir, _ = resolve_base_model(load_config(None, {"model": {"path": str(model)}} if model else {}))
+    heads = 4 if qformer_dim % 4 == 0 else 1
+    try:
+        cfg = AudioConfig(qformer_dim=qformer_dim, qformer_heads=heads, qformer_layers=qformer_layers,
+                          num_queries=num_queries, max_text_tokens=max_text_tokens, llm_hidden=llm_width(model_dir))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    torch.set_num_threads(1)
+    with Progress(TextColumn("[bold cyan]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, metrics="")
+
+        def progress(step: int, total: int, metrics: dict) -> None:
+            text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            bar.update(task, completed=step, total=total, metrics=text)
+
+        try:
+            path, report = train_to_dir(model_dir, data, out, cfg,
+                                        TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                                    val_fraction=val_fraction, seed=seed),
+                                        encoder_dir=encoder, progress=progress)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    exact = f", validation exact match {report['val_exact_match']:.0%}" if "val_exact_match" in report else ""
+    console.print(f"adapter written to {path} (best validation loss {report['best_val_loss']:.4f}{exact}, "
+                  f"{report['train_examples']} training examples)")
+    print(path.resolve())
