@@ -8,6 +8,10 @@ PYTEST_ARGS ?=
 .PHONY: serve test install bench-chat clean-cache
 
 $(STAMP): pyproject.toml setup.py quant/requirements.txt clients/python/pyproject.toml
+	# espeak-ng speaks the audio demo adapter's training phrases (Debian package); without it that
+	# one demo is skipped.
+	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) \
+		|| echo "espeak-ng not installed: the audio demo adapter will be skipped"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip "setuptools>=68" wheel
 	# torch first, from the local CPU build: any other torch resolves to a multi-GB CUDA download.

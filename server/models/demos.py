@@ -46,6 +46,10 @@ def prepare_demos(base_dir: Path, cache: Path, progress=lambda message: None) ->
             try:
                 build(base_dir, tmp / "adapter")
                 (tmp / "adapter").rename(target)  # atomic: a half-built demo is never served
+            except (OSError, RuntimeError) as exc:  # e.g. a tool the demo's data needs is missing
+                log.warning("not serving the %s demo: %s", kind, exc)
+                progress(f"skipped the {kind} demo adapter: {exc}")
+                continue
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         out[demo_name(kind)] = target

@@ -76,10 +76,14 @@ def start() -> Live:
     global _live, _process
     if _live is not None:
         return _live
-    from floe.server.models.builtin import prepare
+    from floe.server.models.builtin import cache_root, prepare
     from tests.serving import start_floe
 
+    from floe.server.models.demos import prepare_demos
+
     model_dir = prepare(MODEL)
+    # the default serve's demo adapters too (built once, cached): the guides use them
+    demos = {name: str(path) for name, path in prepare_demos(model_dir, cache_root()).items()}
     work = Path(tempfile.mkdtemp(prefix="floe-sdk-tests-"))
     root = work / "adapters"
     root.mkdir()
@@ -89,7 +93,8 @@ def start() -> Live:
                    "max_model_len": 512},
         "http": {"max_body_bytes": 64 * 1024},
         "auth": {"api_keys": [API_KEY], "admin_key": ADMIN_KEY},
-        "adapters": {"roots": [str(root)], "state_dir": str(work / "state"), "drain_timeout_s": 60},
+        "adapters": {"roots": [str(root)], "state_dir": str(work / "state"), "drain_timeout_s": 60,
+                     "preload": demos},
         "retrieval": {"path": str(work / "qdrant")},
         "ray": {"num_cpus": 2},
     }, work / "server")
