@@ -77,9 +77,8 @@ def start() -> Live:
     if _live is not None:
         return _live
     from floe.server.models.builtin import cache_root, prepare
-    from tests.serving import start_floe
-
     from floe.server.models.demos import prepare_demos
+    from tests.serving import start_floe
 
     model_dir = prepare(MODEL)
     # the default serve's demo adapters too (built once, cached): the guides use them
