@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-OpenAIRoute = Literal["chat", "completions"]
+OpenAIRoute = Literal["chat", "completions", "responses"]
 
 
 @dataclass(frozen=True)

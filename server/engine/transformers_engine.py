@@ -2,18 +2,15 @@
 
 `floe.quant` writes bitsandbytes (nf4 / fp4 / int8) checkpoints that vLLM does not run on a
 CPU; their manifest names `engine: transformers`, and the LLMServer then uses this engine.
-Requests are validated with vLLM's own OpenAI protocol classes (the same 400s as the vLLM
-path); generation is one request at a time, streamed token by token. Not supported here, with
-a clear 400: logprobs, beam search, tools, and adapters.
-
-NOTE: the OpenAI response shapes are built by hand here because vLLM's serving layer needs a
-vLLM engine; keep them in step with `vllm_engine.py`'s answers.
+Requests are validated, and answers built, with vLLM's own OpenAI protocol models (the same
+400s and the same shapes as the vLLM path; vLLM's serving layer itself needs a vLLM engine).
+Generation is one request at a time, streamed token by token. Not supported here, with a
+clear 400: logprobs, beam search, tools, the Responses API, and adapters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import uuid
@@ -21,11 +18,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from floe.server.kinds import InvalidAdapter
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
-from floe.server.engine.vllm_engine import _error_head, _validation_message
+from floe.server.engine.vllm_engine import _error_head, parse_request
+from floe.server.kinds import InvalidAdapter
 from floe.server.registry import AdapterRef
 
 
@@ -70,13 +65,21 @@ class TransformersEngine:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
+        if call.route == "responses":
+            yield _error_head(400, "the Responses API needs the vLLM engine; this model runs on the "
+                                   "transformers engine: use /v1/chat/completions")
+            return
         wire = ChatCompletionRequest if call.route == "chat" else CompletionRequest
-        try:
-            req = wire.model_validate(call.body)
-        except ValidationError as exc:
-            yield _error_head(400, *_validation_message(exc))
+        req, refused = parse_request(wire, call.body)
+        if refused:
+            yield refused
             return
         unsupported = self._unsupported(req, call.route)
+        if unsupported == "tools":
+            yield _error_head(400, "tool calls need the vLLM engine (its tool-call parser and "
+                                   "structured outputs); this model runs on the transformers "
+                                   "engine: send the request without `tools`", "tools")
+            return
         if unsupported:
             yield _error_head(400, f"`{unsupported}` is not supported by the transformers engine", unsupported)
             return
@@ -123,12 +126,13 @@ class TransformersEngine:
             return "tools"
         return None
 
-    async def _stream(self, shape: "_Shape", req, prompt_ids, max_tokens, stops,
+    async def _stream(self, shape: _Shape, req, prompt_ids, max_tokens, stops,
                       include_usage: bool) -> AsyncIterator[str]:
         if shape.route == "chat":
             yield shape.frame({"role": "assistant", "content": ""}, None)
         n_out, finish = 0, "length"
-        async for piece, n_out, reason in self._generate(req, prompt_ids, max_tokens, stops):
+        async for piece, count, reason in self._generate(req, prompt_ids, max_tokens, stops):
+            n_out = count
             if piece:
                 yield shape.frame({"content": piece} if shape.route == "chat" else piece, None)
             finish = reason or finish
@@ -208,35 +212,60 @@ class TransformersEngine:
 
 
 class _Shape:
-    """OpenAI response and chunk bodies for one request."""
+    """vLLM's OpenAI response and chunk models for one request, serialised as vLLM does."""
 
     def __init__(self, route: str, rid: str, model: str) -> None:
         self.route, self.rid, self.model, self.created = route, rid, model, int(time.time())
-        self.kind = "chat.completion" if route == "chat" else "text_completion"
 
-    def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.rid, "object": obj, "created": self.created, "model": self.model}
+    def _ids(self) -> dict[str, Any]:
+        return {"id": self.rid, "created": self.created, "model": self.model}
 
     def whole(self, text: str, finish: str, prompt: int, out: int) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        from vllm.entrypoints.openai.chat_completion.protocol import (
+            ChatCompletionResponse,
+            ChatCompletionResponseChoice,
+            ChatMessage,
+        )
+        from vllm.entrypoints.openai.completion.protocol import CompletionResponse, CompletionResponseChoice
+
+        usage = _usage(prompt, out)
         if self.route == "chat":
-            choice["message"] = {"role": "assistant", "content": text}
+            choice = ChatCompletionResponseChoice(
+                index=0, message=ChatMessage(role="assistant", content=text), finish_reason=finish)
+            body = ChatCompletionResponse(**self._ids(), choices=[choice], usage=usage)
         else:
-            choice["text"] = text
-        usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
-        return {**self._head(self.kind), "choices": [choice], "usage": usage}
+            body = CompletionResponse(**self._ids(), usage=usage, choices=[
+                CompletionResponseChoice(index=0, text=text, finish_reason=finish)])
+        return body.model_dump(mode="json")  # as vllm_engine.py answers
 
     def frame(self, delta: dict | str, finish: str | None) -> str:
-        obj = "chat.completion.chunk" if self.route == "chat" else "text_completion"
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        from vllm.entrypoints.generate.base.protocol import DeltaMessage
+        from vllm.entrypoints.openai.chat_completion.protocol import (
+            ChatCompletionResponseStreamChoice,
+            ChatCompletionStreamResponse,
+        )
+        from vllm.entrypoints.openai.completion.protocol import CompletionResponseStreamChoice, CompletionStreamResponse
+
         if self.route == "chat":
-            choice["delta"] = delta
+            choice = ChatCompletionResponseStreamChoice(
+                index=0, delta=DeltaMessage(**delta), logprobs=None, finish_reason=finish)
+            chunk = ChatCompletionStreamResponse(**self._ids(), choices=[choice])
         else:
-            choice["text"] = delta
-        return f"data: {json.dumps({**self._head(obj), 'choices': [choice]})}\n\n"
+            chunk = CompletionStreamResponse(**self._ids(), choices=[CompletionResponseStreamChoice(
+                index=0, text=delta, logprobs=None, finish_reason=finish)])
+        # NOTE: exclude_unset, as vLLM's serving layer frames its chunks.
+        return f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
 
     def usage_frame(self, prompt: int, out: int) -> str:
-        obj = "chat.completion.chunk" if self.route == "chat" else "text_completion"
-        body = {**self._head(obj), "choices": [],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}}
-        return f"data: {json.dumps(body)}\n\n"
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionStreamResponse
+        from vllm.entrypoints.openai.completion.protocol import CompletionStreamResponse
+
+        wire = ChatCompletionStreamResponse if self.route == "chat" else CompletionStreamResponse
+        chunk = wire(**self._ids(), choices=[], usage=_usage(prompt, out))
+        return f"data: {chunk.model_dump_json(exclude_unset=True, exclude_none=True)}\n\n"
+
+
+def _usage(prompt: int, out: int):
+    from vllm.entrypoints.serve.engine.protocol import UsageInfo
+
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=out, total_tokens=prompt + out)

@@ -17,12 +17,14 @@ from typing import Any
 import prometheus_client
 from pydantic import BaseModel, ValidationError
 
-from floe.server.kinds import InvalidAdapter
 from floe.server.config import EngineConfig
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
+from floe.server.kinds import InvalidAdapter
 from floe.server.registry import AdapterRef
 
 log = logging.getLogger("floe.engine.vllm")
+
+TOOL_PARSER_PLUGIN = "floe.server.engine.tool_parsers"
 
 
 def vllm_cli_args(engine: EngineConfig, model_dir: Path, served_name: str,
@@ -39,6 +41,13 @@ def vllm_cli_args(engine: EngineConfig, model_dir: Path, served_name: str,
             "--dtype", dtype, "--max-num-seqs", str(engine.max_num_seqs),
             "--seed", str(engine.seed), "--enable-lora", "--max-loras", str(engine.max_loras),
             "--max-lora-rank", str(engine.max_lora_rank)]
+    if engine.tool_call_parser:
+        # The OpenAI tools API is vLLM's: its parser turns the template's call markup into
+        # `tool_calls`, and the strict level makes its structural tag hold the arguments to
+        # the tool's schema. The plugin adds floe's parsers (`floe-hermes`) to vLLM's.
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", engine.tool_call_parser,
+                 "--tool-parser-plugin", TOOL_PARSER_PLUGIN,
+                 "--tool-strict-level", engine.tool_strict_level]
     options: dict[str, Any] = {
         "max_model_len": engine.max_model_len, "kv_cache_memory_bytes": engine.kv_cache_memory_bytes,
         "enforce_eager": engine.enforce_eager, "enable_prefix_caching": engine.enable_prefix_caching,
@@ -67,6 +76,66 @@ def _error_head(status: int, message: str, param: str | None = None) -> Response
     return ResponseHead(status=status, body={"error": {"message": message, "param": param}})
 
 
+def _vllm_error_head(exc: Exception) -> ResponseHead:
+    """An exception from vLLM's protocol or serving code, mapped as `vllm serve` maps it."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    error = create_error_response(exc).error
+    return _error_head(error.code, error.message, error.param)
+
+
+def parse_request(wire: type[BaseModel], body: dict[str, Any]) -> tuple[Any, ResponseHead | None]:
+    """(the request as vLLM's wire model, None), or (None, the 400 that refuses it)."""
+    try:
+        return wire.model_validate(body), None
+    except ValidationError as exc:
+        return None, _error_head(400, *_validation_message(exc))
+    except Exception as exc:  # vLLM's model validators also raise VLLMValidationError
+        return None, _vllm_error_head(exc)
+
+
+def _check_tool_schemas(parsed: BaseModel) -> ResponseHead | None:
+    """400 for a function tool whose `parameters` is not a JSON Schema, as OpenAI answers.
+
+    vLLM would accept the request and fail later, compiling the call grammar, with a message
+    that names no tool.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    for i, tool in enumerate(getattr(parsed, "tools", None) or ()):
+        nested = getattr(tool, "function", None)  # chat: {"type", "function": {...}}
+        function = nested or tool  # responses: the function fields sit on the tool
+        schema = getattr(function, "parameters", None)
+        if schema is None:
+            continue
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            param = f"tools.{i}.function.parameters" if nested else f"tools.{i}.parameters"
+            return _error_head(400, f"tool `{getattr(function, 'name', '')}`: `parameters` is not a "
+                                    f"valid JSON Schema: {exc.message}", param)
+    return None
+
+
+def _refuse_stored_state(body: dict[str, Any]) -> ResponseHead | None:
+    """400 for Responses features that need stored responses, which floe does not keep.
+
+    vLLM keeps them only in one replica's memory, unbounded, behind an opt-in variable, and a
+    later GET could reach another replica; so floe stores nothing and says so when asked to,
+    instead of vLLM's silently ignoring `store: true`. A request that leaves `store` out is
+    served unstored.
+    """
+    if body.get("store") is True:
+        return _error_head(400, "floe does not store responses: send `store: false` (or leave it "
+                                "out) and keep the conversation on the client", "store")
+    if body.get("previous_response_id") is not None:
+        return _error_head(400, "`previous_response_id` needs stored responses, which floe does "
+                                "not keep: send the earlier turns in `input` instead",
+                           "previous_response_id")
+    return None
+
+
 class VLLMEngine:
     """AsyncLLM plus vLLM's OpenAI serving objects, for one replica."""
 
@@ -87,6 +156,10 @@ class VLLMEngine:
 
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(self._cli)
         validate_parsed_serve_args(args)
+        if args.tool_parser_plugin:  # as `vllm serve` does before it builds its serving layer
+            from vllm.tool_parsers import ToolParserManager
+
+            ToolParserManager.import_tool_parser(args.tool_parser_plugin)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         usage = UsageContext.OPENAI_API_SERVER
         self._engine = AsyncLLM.from_vllm_config(
@@ -100,37 +173,48 @@ class VLLMEngine:
         log.info("vLLM engine ready: %s", " ".join(self._cli))
 
     async def openai(self, request: OpenAICall) -> AsyncIterator[ResponseHead | str]:
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        if request.route == "chat":
-            wire, handler = ChatCompletionRequest, self._state.openai_serving_chat
-            create = handler.create_chat_completion
-        else:
-            wire, handler = CompletionRequest, self._state.openai_serving_completion
-            create = handler.create_completion
-        try:
-            parsed = wire.model_validate(request.body)
-        except ValidationError as exc:
-            yield _error_head(400, *_validation_message(exc))
+        wire, create = self._route(request.route)
+        parsed, refused = parse_request(wire, request.body)
+        refused = refused or _check_tool_schemas(parsed) or (
+            _refuse_stored_state(request.body) if request.route == "responses" else None)
+        if refused:
+            yield refused
             return
         if request.request_id:
-            parsed.request_id = request.request_id
+            # NOTE: vLLM prefixes chat and completion ids itself; Responses ids carry OpenAI's `resp_`.
+            parsed.request_id = ("resp_" if request.route == "responses" else "") + request.request_id
         try:
             result = await create(parsed, None)
         except Exception as exc:  # vLLM validates sampling options by raising; map like `vllm serve`
-            from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-
-            result = create_error_response(exc)
+            yield _vllm_error_head(exc)
+            return
         if isinstance(result, ErrorResponse):
             yield _error_head(result.error.code, result.error.message, result.error.param)
         elif isinstance(result, BaseModel):
-            yield ResponseHead(status=200, body=result.model_dump(mode="json"))
+            # by_alias: the Responses models rename fields on the wire (as vLLM's router dumps).
+            yield ResponseHead(status=200, body=result.model_dump(mode="json", by_alias=True))
         else:
             yield ResponseHead(status=200, streaming=True)
+            if request.route == "responses":  # event objects: frame them as vLLM's router does
+                from vllm.entrypoints.openai.responses.api_router import _convert_stream_to_sse_events
+
+                result = _convert_stream_to_sse_events(result)
             async for chunk in result:
                 yield chunk
+
+    def _route(self, route: str) -> tuple[type[BaseModel], Any]:
+        """The wire model and the vLLM serving call of an OpenAI route."""
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+        if route == "chat":
+            return ChatCompletionRequest, self._state.openai_serving_chat.create_chat_completion
+        if route == "completions":
+            return CompletionRequest, self._state.openai_serving_completion.create_completion
+        return ResponsesRequest, self._state.openai_serving_responses.create_responses
 
     async def load_adapter(self, ref: AdapterRef, path: str) -> None:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse

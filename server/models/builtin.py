@@ -20,16 +20,53 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# ChatML, plus Hermes-style tool calling (the format of Qwen2.5 and NousResearch Hermes, which
+# vLLM's `hermes` tool parser and structural tag read): `tools` go into the system turn inside
+# <tools></tools>, assistant calls are `<tool_call>\n{"name", "arguments"}\n</tool_call>` and
+# tool results come back in a user turn as <tool_response>. Without tools the rendering is plain
+# ChatML. An assistant turn with calls keeps the `<|im_start|>assistant\n` prefix of the
+# generation prompt, so history looks exactly like what the model was constrained to write.
 CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{%- macro text(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- elif content is not none -%}{%- for part in content -%}"
+    "{%- if part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\n' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{- text(messages[0]['content']) + '\n\n' -}}"
+    "{%- endif -%}"
+    "{{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n'"
+    " 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\n</tools>\n\nFor each function call, return a json object with function name and '"
+    " 'arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n'"
+    " '{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' and tools and loop.first -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}"
+    "{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\n<tool_response>\n' + text(message['content']) + '\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}"
+    "{{- '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + text(message['content']) -}}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- set call = call['function'] if call['function'] is defined else call -%}"
+    "{%- if not loop.first or message['content'] -%}{{- '\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' -}}"
+    "{%- if call['arguments'] is string -%}{{- call['arguments'] -}}"
+    "{%- else -%}{{- call['arguments'] | tojson -}}{%- endif -%}"
+    "{{- '}\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 

@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: chat, completions, models."""
+"""OpenAI-compatible routes: chat, completions, responses, models."""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ async def chat_completions(request: Request, state: GatewayState = Depends(gatew
 async def completions(request: Request, state: GatewayState = Depends(gateway_state)):
     body = await read_json_object(request, state.config.http.max_body_bytes)
     return _answer(await state.service("openai").run("completions", body))
+
+
+@router.post("/v1/responses")
+async def responses(request: Request, state: GatewayState = Depends(gateway_state)):
+    # Served by vLLM's Responses layer; floe keeps no responses, so there is no GET / DELETE
+    # (a request with `store: true` is refused by the engine with a 400).
+    body = await read_json_object(request, state.config.http.max_body_bytes)
+    return _answer(await state.service("openai").run("responses", body))
 
 
 def _card(model_id: str, created: int, **extra) -> dict:
