@@ -139,7 +139,7 @@ class LLMKind(AdapterKind):
     """A kind that rides on the LLMServer's vLLM engine; its hooks run in that replica."""
 
     engine: ClassVar[EngineName] = "llm"
-    serves: ClassVar[tuple[str, ...]] = ("chat", "completions")
+    serves: ClassVar[tuple[str, ...]] = ("chat", "completions", "responses")
 
     async def load(self, directory: Path, backbone: Any, ref: Any) -> Any:
         raise NotImplementedError  # abstract

@@ -17,7 +17,7 @@ from typing import Any
 import prometheus_client
 from pydantic import BaseModel, ValidationError
 
-from floe.server.config import EngineConfig
+from floe.server.config import LORA_LINEAR_MODULES, EngineConfig
 from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
 from floe.server.kinds import InvalidAdapter
 from floe.server.registry import AdapterRef
@@ -48,10 +48,20 @@ def vllm_cli_args(engine: EngineConfig, model_dir: Path, served_name: str,
         args += ["--enable-auto-tool-choice", "--tool-call-parser", engine.tool_call_parser,
                  "--tool-parser-plugin", TOOL_PARSER_PLUGIN,
                  "--tool-strict-level", engine.tool_strict_level]
+    lora_targets = engine.lora_target_modules
+    if lora_targets is None and engine.enable_prompt_embeds:
+        # NOTE: vLLM 0.32's model runner embeds only the token positions of a batch that also holds
+        # prompt embeddings, while the LoRA embedding layer indexes every position: such a batch
+        # with an active LoRA kills the engine core (gpu_model_runner._preprocess). Keeping
+        # embed_tokens unwrapped avoids that path; tests/server/test_media.py mixes them.
+        lora_targets = LORA_LINEAR_MODULES
+    if lora_targets:
+        args += ["--lora-target-modules", *lora_targets]
     options: dict[str, Any] = {
         "max_model_len": engine.max_model_len, "kv_cache_memory_bytes": engine.kv_cache_memory_bytes,
         "enforce_eager": engine.enforce_eager, "enable_prefix_caching": engine.enable_prefix_caching,
-        "max_cpu_loras": engine.max_cpu_loras, **load_kwargs, **engine.engine_args,
+        "max_cpu_loras": engine.max_cpu_loras, "enable_prompt_embeds": engine.enable_prompt_embeds,
+        **load_kwargs, **engine.engine_args,
     }
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")

@@ -262,8 +262,6 @@ def test_responses_function_tool(openai_client):
     assert len(done) == 1 and json.loads(done[0].arguments) == json.loads(calls[0].arguments)
 
 
-@pytest.mark.xfail(strict=True, reason="LLMKind.serves (server/kinds.py) does not list 'responses' "
-                   "yet, so the gateway refuses a LoRA on /v1/responses; drop this mark with that fix")
 def test_responses_on_an_adapter(openai_client, admin, live_server):
     source = make_adapter(live_server.adapter_root, "resp-bot", live_server.model_dir, seed=52)
     assert admin.post("/v1/adapters", json={"name": "resp-bot", "source": str(source)}).status_code == 201

@@ -58,9 +58,10 @@ def _card(model_id: str, created: int, **extra) -> dict:
 @router.get("/v1/models")
 async def list_models(state: GatewayState = Depends(gateway_state)):
     base = state.base_name
-    cards = [_card(base, state.started, root=base, parent=None)]
+    cards = [_card(base, state.started, root=base, parent=None, kind="base", accepts=[])]
     for ref in await state.service("adapters").list():
-        cards.append(_card(ref.name, int(ref.created), root=ref.model_id, parent=base, kind=ref.kind))
+        cards.append(_card(ref.name, int(ref.created), root=ref.model_id, parent=base, kind=ref.kind,
+                           accepts=list(ref.accepts)))
     return {"object": "list", "data": cards}
 
 
