@@ -59,11 +59,11 @@ def decode_image(data: bytes, param: str, max_pixels: int):
 class Preprocessor:
     """The tower's PIL image processor when the adapter ships one, else a square resize."""
 
-    def __init__(self, tower_dir: Path, cfg: VisionConfig, tower_image_size: int) -> None:
+    def __init__(self, tower_dir: Path | None, cfg: VisionConfig, tower_image_size: int) -> None:
         self.cfg = cfg
         self.processor = None
         config = None
-        if (Path(tower_dir) / "preprocessor_config.json").is_file():
+        if tower_dir is not None and (Path(tower_dir) / "preprocessor_config.json").is_file():
             from transformers import AutoImageProcessor
 
             self.processor = AutoImageProcessor.from_pretrained(tower_dir, backend="pil")

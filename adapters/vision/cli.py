@@ -1,0 +1,61 @@
+"""`floe adapters train vision`: fit a vision adapter's projector on chat JSONL, LLM and tower frozen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train_vision(
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
+                              help="OpenAI chat fine-tuning JSONL: user turns with image_url parts, the "
+                                   "target in the last assistant turn."),
+    out: Path = typer.Option(Path("vision-adapter"), "--out", help="Adapter directory to write."),
+    tower: Path | None = typer.Option(None, "--tower", exists=True, file_okay=False,
+                                      help="A Hugging Face vision model dir (CLIP / SigLIP / ViT), or a vision "
+                                           "adapter whose tower to reuse (default: a seeded tiny CLIP tower)."),
+    image_root: Path | None = typer.Option(None, "--image-root", exists=True, file_okay=False,
+                                           help="Image files named in the data must lie under it "
+                                                "(default: the data file's folder)."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    lr: float = typer.Option(3e-3, "--lr"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
+    train_tower: bool = typer.Option(False, "--train-tower/--freeze-tower",
+                                     help="Also fit the tower (the default keeps it frozen)."),
+    model: Path | None = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit a vision adapter (frozen LLM) and write an adapter directory for `floe adapters add`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from floe.adapters.vision.train import TrainConfig, train_to_dir
+    from floe.server.config import load_config
+    from floe.server.models import resolve_base_model
+
+    console = Console(stderr=True)
+    model_dir, _ = resolve_base_model(load_config(None, {"model": {"path": str(model)}} if model else {}))
+    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, tower_lr=lr / 3, train_tower=train_tower,
+                       val_fraction=val_fraction, max_steps=max_steps, seed=seed)
+    with Progress(TextColumn("[bold cyan]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, metrics="")
+
+        def progress(step: int, total: int, metrics: dict) -> None:
+            text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            bar.update(task, completed=step, total=total, metrics=text)
+
+        try:
+            path, report = train_to_dir(model_dir, data, out, tcfg, tower=tower, image_root=image_root,
+                                        progress=progress)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    if "best_val_loss" in report:
+        console.print(f"adapter written to {path} (best validation loss {report['best_val_loss']:.4f}, "
+                      f"validation exact match {report['val_exact_match']:.0%}, "
+                      f"{report['train_conversations']} training conversations)")
+    print(Path(path).resolve())

@@ -1,0 +1,231 @@
+"""The `vision` kind: manifests, soft tokens against the method's definition, bad images, the
+vLLM-equivalent reference, the LLaVA split (equal to LlavaForConditionalGeneration.generate), the
+trainer and the demo's held-out accuracy. No server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from floe.adapters.vision import MANIFEST, PROJECTOR, TOWER, VisionKind
+from floe.adapters.vision import model as vm
+from floe.server.config import FloeConfig
+from floe.server.engine.messages import OpenAICall
+from floe.server.errors import InvalidRequest
+from floe.server.kinds import EngineLimits, InvalidAdapter, get_kind, inspect_adapter
+from floe.server.runtime.model import base_fingerprint
+
+KIND = VisionKind()
+
+
+def png_url(img: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def picture(seed: int = 0, size: tuple[int, int] = (40, 48)) -> Image.Image:
+    gen = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (*size, 3), generator=gen, dtype=torch.uint8).numpy())
+
+
+def chat(*parts, text: str | None = "What is this?") -> list[dict]:
+    content = [{"type": "image_url", "image_url": {"url": url}} for url in parts]
+    return [{"role": "user", "content": content + ([{"type": "text", "text": text}] if text else [])}]
+
+
+def backbone(model_dir: Path, **config) -> SimpleNamespace:
+    return SimpleNamespace(engine=None, config=FloeConfig(**config), model_dir=model_dir)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
+    return vm.write(tmp_path_factory.mktemp("vision") / "tiny", 256, base_fingerprint(tiny_dir), seed=3)
+
+
+@pytest.fixture(scope="module")
+def loaded(adapter_dir, tiny_dir):
+    return asyncio.run(KIND.load(adapter_dir, backbone(tiny_dir), None))
+
+
+def rewrite(loaded, messages, route: str = "chat") -> dict:
+    call = OpenAICall(route, {"model": "demo@abc", "messages": messages, "max_tokens": 4}, adapter_id="demo@abc")
+    return asyncio.run(KIND.rewrite_request(loaded, call)).body
+
+
+# -- manifest ------------------------------------------------------------------------------------
+def test_the_kind_is_registered_torch_free_and_describes_its_adapter(adapter_dir, tiny_dir):
+    assert get_kind("vision").accepts == ("image_url",)
+    code = "import sys, floe.adapters.vision; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    info = inspect_adapter(adapter_dir, EngineLimits())
+    assert (info.kind, info.engine, info.serves, info.base_model) == ("vision", "llm", ("chat",),
+                                                                      base_fingerprint(tiny_dir))
+    assert info.details["tokens_per_image"] == 16 and info.details["llm_width"] == 256
+
+
+@pytest.mark.parametrize("tower", ["vit", "siglip"])
+def test_other_towers_load(tower, tiny_dir, tmp_path):
+    directory = vm.write(tmp_path / tower, 256, base_fingerprint(tiny_dir), tower=tower)
+    adapter = vm.load(directory, 256)
+    assert adapter.has_cls == (tower == "vit") and adapter.num_tokens == 16
+    assert inspect_adapter(directory, EngineLimits()).details["tokens_per_image"] == 16
+
+
+def _broken(adapter_dir: Path, tmp_path: Path, change) -> Path:
+    bad = shutil.copytree(adapter_dir, tmp_path / "bad")
+    change(bad)
+    return bad
+
+
+def _manifest(path: Path, **updates) -> None:
+    data = json.loads((path / MANIFEST).read_text())
+    data.update(updates)
+    (path / MANIFEST).write_text(json.dumps(data))
+
+
+def _config(path: Path, **updates) -> None:
+    data = json.loads((path / MANIFEST).read_text())
+    data["config"].update(updates)
+    (path / MANIFEST).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: _manifest(p, base_model=None), "base_model"),
+    (lambda p: _manifest(p, kind="lora"), "kind"),
+    (lambda p: (p / MANIFEST).write_text("{nope"), "not valid JSON"),
+    (lambda p: (p / TOWER / "config.json").unlink(), "config.json"),
+    (lambda p: [f.unlink() for f in (p / TOWER).glob("*.safetensors")], "safetensors"),
+    (lambda p: (p / PROJECTOR).unlink(), PROJECTOR),
+    (lambda p: (p / PROJECTOR).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00notjson!"), "safetensors"),
+    (lambda p: _config(p, feature_layer=7), "out of range"),
+    (lambda p: _config(p, feature_layer=[-2, -1]), "do not fit"),
+    (lambda p: _config(p, select_strategy="cls"), "select_strategy"),
+    (lambda p: _config(p, image_size=30), "multiple of the patch size"),
+])
+def test_bad_adapter_directories_are_refused(adapter_dir, tmp_path, change, message):
+    with pytest.raises(InvalidAdapter, match=message):
+        KIND.manifest(_broken(adapter_dir, tmp_path, change), EngineLimits())
+
+
+def test_load_refuses_another_base_and_another_width(adapter_dir, tiny_dir, tmp_path):
+    other = _broken(adapter_dir, tmp_path, lambda p: _manifest(p, base_model="f" * 64))
+    with pytest.raises(InvalidAdapter, match="trained for base"):
+        asyncio.run(KIND.load(other, backbone(tiny_dir), None))
+    narrow = vm.write(tmp_path / "narrow", 128, base_fingerprint(tiny_dir))
+    with pytest.raises(InvalidAdapter, match="width 128"):
+        asyncio.run(KIND.load(narrow, backbone(tiny_dir), None))
+
+
+# -- the request hook ------------------------------------------------------------------------------
+def test_rewrite_gives_prompt_embeds_equal_to_the_methods_soft_tokens(loaded, tiny_dir):
+    img = picture(1)
+    messages = chat(png_url(img), png_url(picture(2)))
+    body = rewrite(loaded, messages)
+    assert body["model"] == "floe-tiny-chat" and messages[0]["content"][0]["type"] == "image_url"  # copied
+    parts = body["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["prompt_embeds", "prompt_embeds", "text"]
+    got = vm.b64_tensor(parts[0]["data"])
+    # LLaVA-1.5 by definition: square bicubic resize, (x/255 - mean)/std, hidden_states[-2] without
+    # CLS, linear_1 -> GELU -> linear_2
+    pixels = torch.frombuffer(bytearray(img.resize((32, 32), Image.BICUBIC).tobytes()), dtype=torch.uint8)
+    pixels = ((pixels.view(32, 32, 3).permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5)[None]
+    with torch.no_grad():
+        hidden = loaded.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][0, 1:]
+        proj = loaded.projector
+        want = proj.linear_2(torch.nn.functional.gelu(proj.linear_1(hidden)))
+    assert got.dtype == torch.float32 and got.shape == (16, 256)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got, vm.b64_tensor(parts[1]["data"]))  # another picture, other tokens
+
+
+def test_text_only_requests_pass_through_with_the_base_name(loaded):
+    messages = [{"role": "user", "content": "hello"}]
+    body = rewrite(loaded, messages)
+    assert body["messages"] == messages and body["model"] == "floe-tiny-chat"
+
+
+@pytest.mark.parametrize("url, code", [
+    ("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "invalid_image"),
+    ("data:image/png;base64,@@@", "invalid_media"),
+    ("https://example.com/cat.png", "media_url_not_allowed"),
+    ("", "invalid_image"),
+])
+def test_bad_images_are_400_with_the_part(loaded, url, code):
+    with pytest.raises(InvalidRequest) as err:
+        rewrite(loaded, [{"role": "system", "content": "hi"}] + chat(png_url(picture()), url))
+    assert (err.value.status, err.value.param, err.value.code) == (400, "messages[1].content[1]", code)
+
+
+def test_limits_pixels_and_parts(adapter_dir, tiny_dir):
+    strict = asyncio.run(KIND.load(adapter_dir, backbone(tiny_dir, media={"max_pixels": 1000, "max_parts": 2}),
+                                   None))
+    with pytest.raises(InvalidRequest) as err:
+        rewrite(strict, chat(png_url(picture(size=(40, 30)))))
+    assert (err.value.param, err.value.code) == ("messages[0].content[0]", "image_too_large")
+    small = png_url(picture(size=(10, 10)))
+    assert rewrite(strict, chat(small, small))["messages"][0]["content"][1]["type"] == "prompt_embeds"
+    with pytest.raises(InvalidRequest) as err:
+        rewrite(strict, chat(small, small, small))
+    assert (err.value.param, err.value.code) == ("messages", "too_many_media_parts")
+
+
+def test_reference_splices_the_soft_tokens_at_the_placeholder(loaded, tiny_dir):
+    messages = [{"role": "system", "content": "Be brief."}] + chat(png_url(picture(4)))
+    ref = vm.reference_inputs_embeds(tiny_dir, loaded, messages)
+    (start, length), = ref.spans
+    assert length == 16 and ref.inputs_embeds.shape == (1, len(ref.input_ids), 256)
+    soft = vm.b64_tensor(rewrite(loaded, messages)["messages"][1]["content"][0]["data"])
+    assert torch.equal(ref.inputs_embeds[0, start:start + length], soft)
+    ids, text = vm.reference_generate(tiny_dir, loaded, messages, max_tokens=5)
+    assert len(ids) == 5 and isinstance(text, str)
+
+
+# -- the LLaVA split -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llava(tiny_dir, tmp_path_factory):
+    from floe.adapters.vision.llava import build_tiny_llava, split_llava
+
+    root = tmp_path_factory.mktemp("llava")
+    llava_dir = build_tiny_llava(root / "tiny-llava", tiny_dir, seed=0)
+    text_dir, adapter = split_llava(llava_dir, root / "split")
+    return llava_dir, text_dir, adapter
+
+
+def test_llava_split_generates_what_llava_generates(llava):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    llava_dir, text_dir, adapter = llava
+    info = inspect_adapter(adapter, EngineLimits())
+    assert info.base_model == base_fingerprint(text_dir) and info.details["image_token"] == "<image>"
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32).eval()
+    for seed, question in [(0, "What is shown?"), (5, "Describe it.")]:
+        img = picture(seed)
+        hf = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        inputs = processor(images=[img], text=processor.apply_chat_template(hf, add_generation_prompt=True),
+                           return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        want = out[0, inputs["input_ids"].shape[1]:].tolist()
+        got, _ = vm.reference_generate(text_dir, adapter, chat(png_url(img), text=question), max_tokens=12)
+        assert got == want and len(got) == 12
+
+
+def test_llava_adapter_refuses_its_image_token_in_text(llava, tmp_path):
+    _, text_dir, adapter = llava
+    loaded = asyncio.run(KIND.load(adapter, backbone(text_dir), None))
+    with pytest.raises(InvalidRequest) as err:
+        rewrite(loaded, chat(png_url(picture()), text="look: <image>"))
+    assert err.value.param == "messages[0].content[1]"
