@@ -139,6 +139,7 @@ def has_audio_parts(body: dict[str, Any]) -> bool:
 class AudioKind(LLMKind):
     name = KIND
     serves = ("chat",)
+    accepts = ("input_audio",)
     trainer = "floe.adapters.audio.cli:train_audio"
     demo = "floe.adapters.audio.demo:build"
 

@@ -1,6 +1,6 @@
-"""Images in chat on the real server (Ray Serve + vLLM with prompt embeddings), with the official
+"""Images and audio in chat on the real server (Ray Serve + vLLM with prompt embeddings), with the official
 openai client: served answers equal a transformers reference built from LLaVA-1.5's definition
-(fp32, greedy), streaming equals non-streaming, mixed batches (text, image, LoRA) equal their
+and APT's (fp32, greedy), streaming equals non-streaming, mixed batches (text, image, audio, LoRA) equal their
 unbatched answers, and bad media are 400s with OpenAI's error body."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import openai
 import pytest
 
+from floe.adapters.audio import model as audio
 from floe.adapters.vision import model as vision
 from floe.server.runtime.model import base_fingerprint
 from tests.server.live import make_adapter
@@ -37,13 +38,35 @@ def image_chat(url: str, text: str = "What is in the picture?") -> list[dict]:
                                          {"type": "text", "text": text}]}]
 
 
+def wav(freq: float, seconds: float = 0.6, rate: int = 16000) -> str:
+    import math
+    import struct
+    import wave
+
+    frames = b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * freq * i / rate)))
+                      for i in range(int(seconds * rate)))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def audio_chat(data: str, text: str = "What was said?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+                                         {"type": "text", "text": text}]}]
+
+
 @pytest.fixture(scope="module")
 def seen(live_server, admin):
     """A seeded tiny vision adapter (CLIP tower + projector) and a LoRA, registered once."""
     root = live_server.adapter_root
     vision.write(root / "tiny-vision", llm_hidden=vision.llm_width(live_server.model_dir),
                  base_fingerprint=base_fingerprint(live_server.model_dir), seed=5)
-    for name, source in (("tiny-vision", root / "tiny-vision"),
+    audio.write(root / "tiny-audio", live_server.model_dir, seed=7)
+    for name, source in (("tiny-vision", root / "tiny-vision"), ("tiny-audio", root / "tiny-audio"),
                          ("media-lora", make_adapter(root, "media-lora", live_server.model_dir, seed=61))):
         reply = admin.post("/v1/adapters", json={"name": name, "source": str(source)})
         assert reply.status_code in (200, 201), reply.text
@@ -70,6 +93,17 @@ def test_image_chat_equals_the_llava_reference_streamed_or_not(live_server, open
     assert _answer(openai_client, "tiny-vision", messages, stream=True) == want
 
 
+def test_audio_chat_equals_the_apt_reference_streamed_or_not(live_server, openai_client, seen):
+    from transformers import AutoTokenizer
+
+    messages = audio_chat(wav(330.0))
+    ids = audio.reference_tokens(live_server.model_dir, live_server.adapter_root / "tiny-audio", messages,
+                                 max_tokens=MAX_TOKENS)
+    want = AutoTokenizer.from_pretrained(live_server.model_dir).decode(ids, skip_special_tokens=True)
+    assert _answer(openai_client, "tiny-audio", messages) == want
+    assert _answer(openai_client, "tiny-audio", messages, stream=True) == want
+
+
 def test_same_image_same_answer_different_images_differ(live_server, openai_client, seen):
     first = [_top_logprobs(openai_client, png(seed)) for seed in (2, 2, 3)]
     assert first[0] == first[1]
@@ -85,7 +119,8 @@ def _top_logprobs(client, url: str) -> list[tuple[str, float]]:
 def test_mixed_batch_of_text_image_and_lora_equals_unbatched(live_server, openai_client, seen):
     text = [{"role": "user", "content": "Tell me about boats."}]
     jobs = [(live_server.model, text), ("media-lora", text), ("tiny-vision", image_chat(png(4))),
-            ("tiny-vision", image_chat(png(5), "Describe it.")), (live_server.model, text)]
+            ("tiny-audio", audio_chat(wav(440.0))), ("tiny-vision", image_chat(png(5), "Describe it.")),
+            ("tiny-audio", audio_chat(wav(220.0), "Repeat it.")), (live_server.model, text)]
     alone = [_answer(openai_client, model, messages) for model, messages in jobs]
     barrier = threading.Barrier(len(jobs))
 
@@ -106,6 +141,10 @@ def test_mixed_batch_of_text_image_and_lora_equals_unbatched(live_server, openai
     ("tiny-vision", {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
      "media_url_not_allowed"),
     ("tiny-vision", {"type": "image_url", "image_url": {"url": "data:image/png,raw"}}, "invalid_media"),
+    ("tiny-vision", {"type": "input_audio", "input_audio": {"data": wav(300.0), "format": "wav"}},
+     "unsupported_media"),
+    ("tiny-audio", {"type": "input_audio", "input_audio": {"data": "bm90IGF1ZGlv", "format": "wav"}},
+     "invalid_audio"),
 ])
 def test_bad_media_is_a_400_naming_the_part(openai_client, seen, model, part, code):
     with pytest.raises(openai.BadRequestError) as info:
@@ -119,3 +158,4 @@ def test_bad_media_is_a_400_naming_the_part(openai_client, seen, model, part, co
 def test_models_say_their_kind(openai_client, seen):
     kinds = {m.id: m.model_extra.get("kind") for m in openai_client.models.list().data}
     assert kinds["tiny"] == "base" and kinds["tiny-vision"] == "vision" and kinds["media-lora"] == "lora"
+    assert kinds["tiny-audio"] == "audio"
