@@ -110,6 +110,35 @@ def choose_prior(model, train_ids, val_ids, cfg) -> tuple[str, dict, dict[str, f
     return best, found[best], losses
 
 
+def _wrap(model, prior, cfg: MaskLLMConfig, gen) -> tuple[dict[str, GumbelMaskedLinear], dict]:
+    """Swap every decoder linear for a GumbelMaskedLinear; (wrappers, prior candidate indices)."""
+    wrapped, prior_idx = {}, {}
+    for name, lin in list(decoder_linears(model)):
+        out_f, in_f = lin.weight.shape
+        if prior is None:  # no prior: candidate 0 stands in, gates are pure noise
+            prior_idx[name] = torch.zeros(out_f, in_f // 4, dtype=torch.long)
+            gates = torch.randn(out_f, in_f // 4, 6, generator=gen) * cfg.init_std
+        else:
+            prior_idx[name] = candidate_index(prior[name])
+            gates = prior_logits(prior_idx[name], cfg.prior_strength, cfg.init_std, gen)
+        wrapped[name] = GumbelMaskedLinear(lin, gates)
+        _swap(model, name, wrapped[name])
+    return wrapped, prior_idx
+
+
+def _regularisers(wrapped, prior_idx, cfg: MaskLLMConfig, frac: float, has_prior: bool):
+    """Sparse-weight reward (fading out over training) and the pull toward the prior; scalars."""
+    reg = torch.zeros(())
+    if cfg.weight_reg:  # kept share of each linear's squared weight norm, mean over linears
+        kept = sum((w.lin.weight * w.mask).pow(2).sum() / w.lin.weight.pow(2).sum() for w in wrapped.values())
+        reg = reg - cfg.weight_reg * (1 - frac) * kept / len(wrapped)
+    if cfg.prior_reg and has_prior:  # mean per-group cross-entropy of the scaled gates vs the prior
+        ce = sum(F.cross_entropy((w.gates * w.scale).reshape(-1, 6), prior_idx[n].reshape(-1))
+                 for n, w in wrapped.items())
+        reg = reg + cfg.prior_reg * ce / len(wrapped)
+    return reg
+
+
 def train_masks(model, ids: torch.Tensor, cfg: MaskLLMConfig) -> tuple[dict[str, torch.Tensor], dict]:
     """Learn masks on windows ``ids [n, T]``; prunes ``model`` in place; (keep masks, stats)."""
     old_threads = torch.get_num_threads()
@@ -118,28 +147,13 @@ def train_masks(model, ids: torch.Tensor, cfg: MaskLLMConfig) -> tuple[dict[str,
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     n_val = min(cfg.val_windows, len(ids) // 4)
-    train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val:]  # val: the text's tail
     for p in model.parameters():
         p.requires_grad_(False)
     t0 = time.time()
-    if cfg.prior == "none":
-        prior_name, prior, prior_losses = "none", None, {}
-    else:
-        prior_name, prior, prior_losses = choose_prior(model, train_ids, val_ids, cfg)
-    dense = dense_weights(model)
-    wrapped: dict[str, GumbelMaskedLinear] = {}
-    prior_idx: dict[str, torch.Tensor] = {}
-    for name, lin in list(decoder_linears(model)):
-        out_f, in_f = lin.weight.shape
-        if prior is None:
-            prior_idx[name] = torch.zeros(out_f, in_f // 4, dtype=torch.long)
-            gates = torch.randn(out_f, in_f // 4, 6, generator=gen) * cfg.init_std
-        else:
-            prior_idx[name] = candidate_index(prior[name])
-            gates = prior_logits(prior_idx[name], cfg.prior_strength, cfg.init_std, gen)
-        wrapped[name] = GumbelMaskedLinear(lin, gates)
-        _swap(model, name, wrapped[name])
-    norms = {n: dense[n].pow(2).sum() for n in wrapped}
+    prior_name, prior, prior_losses = ("none", None, {}) if cfg.prior == "none" else \
+        choose_prior(model, train_ids, val_ids, cfg)
+    wrapped, prior_idx = _wrap(model, prior, cfg, gen)
     opt = torch.optim.AdamW([w.gates for w in wrapped.values()], lr=cfg.lr, weight_decay=0.0)
 
     def hard() -> dict[str, torch.Tensor]:
@@ -155,24 +169,17 @@ def train_masks(model, ids: torch.Tensor, cfg: MaskLLMConfig) -> tuple[dict[str,
         return loss
 
     prior_val = val_of(prior_idx) if prior is not None else math.inf
-    best_val, best_idx, best_step, stale, history = prior_val, dict(prior_idx), 0, 0, []
-    step = 0
+    best_val, best_idx, best_step, stale, history, step = prior_val, dict(prior_idx), 0, 0, [], 0
     try:
         for step in range(1, cfg.steps + 1):
-            frac = (step - 1) / max(1, cfg.steps - 1)
+            frac = (step - 1) / max(1, cfg.steps - 1)  # linear schedules, as in the paper
             for w in wrapped.values():
                 w.tau = cfg.tau_start + (cfg.tau_end - cfg.tau_start) * frac
                 w.scale = cfg.scale_start + (cfg.scale_end - cfg.scale_start) * frac
             model.train()
             batch = train_ids[torch.randint(0, len(train_ids), (cfg.batch_size,), generator=gen)]
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-            if cfg.weight_reg:  # reward the kept share of squared weight, fading out
-                kept = sum((dense[n] * w.mask).pow(2).sum() / norms[n] for n, w in wrapped.items())
-                loss = loss - cfg.weight_reg * (1 - frac) * kept / len(wrapped)
-            if cfg.prior_reg and prior is not None:
-                ce = sum(F.cross_entropy((w.gates * w.scale).reshape(-1, 6), prior_idx[n].reshape(-1))
-                         for n, w in wrapped.items())
-                loss = loss + cfg.prior_reg * ce / len(wrapped)
+            loss = loss + _regularisers(wrapped, prior_idx, cfg, frac, prior is not None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -180,18 +187,13 @@ def train_masks(model, ids: torch.Tensor, cfg: MaskLLMConfig) -> tuple[dict[str,
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 v = val_of(hard())
                 history.append((step, round(v, 4)))
-                if v < best_val:
-                    best_val, best_idx, best_step, stale = v, hard(), step, 0
-                else:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        break
-        if prior is None and best_step == 0:  # nothing to fall back to: take the last masks
-            best_idx = hard()
-        learned_val = best_val
-        kept_prior: list[str] = []
+                best_val, best_idx, best_step, stale = (v, hard(), step, 0) if v < best_val else \
+                    (best_val, best_idx, best_step, stale + 1)
+                if stale >= cfg.patience:
+                    break
+        learned_val, kept_prior = best_val, []
         if cfg.prior_fallback and prior is not None:
-            for n in wrapped:  # greedy, one linear at a time, on the current combination
+            for n in wrapped:  # greedy, one linear at a time, against the current combination
                 trial = {**best_idx, n: prior_idx[n]}
                 if not torch.equal(trial[n], best_idx[n]) and (v := val_of(trial)) <= best_val:
                     best_idx, best_val = trial, v
@@ -203,15 +205,14 @@ def train_masks(model, ids: torch.Tensor, cfg: MaskLLMConfig) -> tuple[dict[str,
         torch.set_num_threads(old_threads)
     masks = {n: mask_from_index(best_idx[n]) for n in wrapped}
     for n, lin in decoder_linears(model):
-        lin.weight.data = dense[n] * masks[n]
+        lin.weight.data.mul_(masks[n])
     changed = sum(int((best_idx[n] != prior_idx[n]).sum()) for n in wrapped)
-    total = sum(best_idx[n].numel() for n in wrapped)
     stats = {
         "prior": prior_name, "prior_val_losses": {k: round(v, 4) for k, v in prior_losses.items()},
         "steps_run": step, "best_step": best_step, "val_windows": int(n_val),
         "val_loss_prior": round(prior_val, 4), "val_loss_learned": round(learned_val, 4),
-        "val_loss_final": round(best_val, 4), "val_history": history,
-        "linears_kept_prior": kept_prior, "groups_changed_from_prior": changed / max(1, total),
+        "val_loss_final": round(best_val, 4), "val_history": history, "linears_kept_prior": kept_prior,
+        "groups_changed_from_prior": changed / max(1, sum(i.numel() for i in best_idx.values())),
         "train_windows": int(len(train_ids)), "seconds": round(time.time() - t0, 1),
     }
     return masks, stats

@@ -43,7 +43,7 @@ class MaskFileConfig(MethodConfig):
     """Apply a mask saved by an earlier ``floe prune`` (its ``floe_mask.npz`` or output dir)."""
 
     method: Literal["mask"] = "mask"
-    path: str = Field(description="floe_mask.npz, or a pruned output directory holding one")
+    path: Path = Field(description="floe_mask.npz, or a pruned output directory holding one")
     check_base: bool = Field(True, description="refuse a mask made for another checkpoint "
                              "(sha256 of the base's weight and config files)")
 
@@ -107,7 +107,7 @@ def _run_wanda(model_dir: Path, cfg: WandaConfig, texts, work_dir: Path) -> Meth
 
 @register_method("mask", kind="prune", config=MaskFileConfig)
 def _run_mask_file(model_dir: Path, cfg: MaskFileConfig, texts, work_dir: Path) -> MethodResult:
-    masks, meta = load_masks(Path(cfg.path))
+    masks, meta = load_masks(cfg.path)
     if cfg.check_base and meta.get("base_sha256") != hash_model_dir(model_dir):
         raise MaskFileError(f"{cfg.path} was made for another checkpoint (base sha256 "
                             f"{str(meta.get('base_sha256'))[:12]}...); pass check_base=false to apply it anyway")
