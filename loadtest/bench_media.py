@@ -141,7 +141,8 @@ def encoder_cost(kind_name: str, adapter_dir: Path, base_dir: Path, n: int = 8) 
     from floe.server.kinds import get_kind
 
     kind = get_kind(kind_name)
-    backbone = LLMBackbone(engine=None, config=FloeConfig(), model_dir=base_dir)  # type: ignore[arg-type]
+    backbone = LLMBackbone(engine=None, config=FloeConfig(), model_dir=base_dir,  # type: ignore[arg-type]
+                           served_name="floe-tiny-chat")
 
     async def measure() -> list[float]:
         loaded = await kind.load(adapter_dir, backbone, None)

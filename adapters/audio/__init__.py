@@ -170,14 +170,17 @@ class AudioKind(LLMKind):
     async def load(self, directory: Path, backbone: LLMBackbone, ref: Any) -> LoadedAudio:
         from floe.adapters.audio.model import load_for_serving
 
-        return await asyncio.to_thread(load_for_serving, Path(directory), backbone.model_dir,
-                                       backbone.config.media)
+        loaded = await asyncio.to_thread(load_for_serving, Path(directory), backbone.model_dir,
+                                         backbone.config.media)
+        loaded.served_name = backbone.served_name
+        return loaded
 
     async def rewrite_request(self, loaded: LoadedAudio, call: OpenAICall) -> OpenAICall:
-        """Every `input_audio` part -> a `prompt_embeds` part at the same place (400 on bad audio)."""
-        if call.route != "chat" or not has_audio_parts(call.body):
-            return call
-        from floe.adapters.audio.model import rewrite_body
+        """Every `input_audio` part -> a `prompt_embeds` part at the same place (400 on bad audio);
+        the request then names the base, which vLLM serves (an audio adapter is no LoRA)."""
+        body = {**call.body, "model": loaded.served_name}
+        if call.route == "chat" and has_audio_parts(call.body):
+            from floe.adapters.audio.model import rewrite_body
 
-        body = await asyncio.to_thread(rewrite_body, loaded, call.body)
+            body = await asyncio.to_thread(rewrite_body, loaded, body)
         return dataclasses.replace(call, body=body)

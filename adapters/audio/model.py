@@ -290,6 +290,7 @@ class LoadedAudio:
     max_bytes: int
     max_audio_s: float
     max_parts: int
+    served_name: str = ""  # the base's name in vLLM, which this adapter's requests are sent as
 
     def instruction_rows(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:self.model.cfg.max_text_tokens]

@@ -184,11 +184,7 @@ def llm_width(model_dir: Path) -> int:
 
 def served_name(backbone: Any) -> str:
     """The name vLLM serves the base under (what a vision adapter's requests are sent as)."""
-    name = getattr(backbone, "served_name", None)
-    if name:
-        return str(name)
-    model = backbone.config.model
-    return model.name or (Path(model.path).name if model.path else model.builtin)
+    return str(backbone.served_name)
 
 
 def load_for_backbone(directory: Path, backbone: Any) -> VisionAdapter:

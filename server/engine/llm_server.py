@@ -52,6 +52,7 @@ class LLMBackbone:
     engine: Engine
     config: FloeConfig
     model_dir: Path
+    served_name: str  # the base's name in vLLM: a kind that runs on the base sends requests as it
 
 
 class LLMResident:
@@ -90,7 +91,7 @@ class LLMServer:
         model_dir, served_name = resolve_base_model(self._config)
         self._engine = engine or select_engine(self._config, model_dir, served_name)
         await self._engine.start()
-        self._backbone = LLMBackbone(self._engine, self._config, model_dir)
+        self._backbone = LLMBackbone(self._engine, self._config, model_dir, served_name)
         self._inflight: Counter[str] = Counter()
         self._loaded: dict[str, LLMResident] = {}  # model_id -> adapter present in the engine
         self._retiring: set[str] = set()  # unload once their last request ends

@@ -46,7 +46,8 @@ def chat(*parts, text: str | None = "What is this?") -> list[dict]:
 
 
 def backbone(model_dir: Path, **config) -> SimpleNamespace:
-    return SimpleNamespace(engine=None, config=FloeConfig(**config), model_dir=model_dir)
+    return SimpleNamespace(engine=None, config=FloeConfig(**config), model_dir=model_dir,
+                           served_name="floe-tiny-chat")
 
 
 @pytest.fixture(scope="module")
