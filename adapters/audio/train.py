@@ -142,8 +142,9 @@ def batch_inputs(model: AudioModel, table: torch.Tensor, pid: int, batch: list[E
         safe = torch.tensor([0 if t == pid else t for t in ex.ids])
         embeds, expanded = splice(table[safe], ex.ids, pid, tokens[k:k + n])
         k += n
-        lab = iter(ex.labels)
-        labels.append(torch.tensor([-100 if t == pid else next(lab) for t in expanded]))
+        lab = [[-100] * len(tokens[0]) if t == pid else [label] for t, label in zip(ex.ids, ex.labels)]
+        labels.append(torch.tensor([x for xs in lab for x in xs]))
+        assert len(labels[-1]) == len(expanded)
         rows.append(embeds)
     embeds, mask = pad(rows)
     targets = torch.full(mask.shape, -100, dtype=torch.long)

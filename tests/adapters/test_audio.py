@@ -209,7 +209,8 @@ def test_rewrite_puts_prompt_embeds_where_the_audio_was(loaded, tiny_dir):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[0], loaded.model.aligner.indicator)
     text_only = OpenAICall(route="chat", body={"messages": [{"role": "user", "content": "hi"}]})
-    assert asyncio.run(KIND.rewrite_request(loaded, text_only)) is text_only
+    passed = asyncio.run(KIND.rewrite_request(loaded, text_only))  # text only: unchanged, sent to the base
+    assert passed.body == {**text_only.body, "model": loaded.served_name}
 
 
 def test_reference_sequence_places_the_clips_in_the_turn(loaded, tiny_dir):
@@ -306,6 +307,26 @@ def test_too_many_audio_parts_and_too_large_media(loaded):
 
 
 # -- the trainer and the demo ------------------------------------------------------------------------
+def test_training_labels_are_the_target_tokens_at_their_expanded_positions(loaded, tiny_dir):
+    from floe.adapters.audio.train import Preparer, batch_inputs, load_llm
+
+    llm, table = load_llm(tiny_dir)
+    prep = Preparer(tiny_dir, loaded.model)
+    clip = part(wav(tone(440.0, 0.3, 16000), 16000))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Hear"}, clip, clip]},
+                {"role": "assistant", "content": "a red cat"}]
+    example = prep(messages)
+    embeds, mask, labels = batch_inputs(loaded.model, table, prep.pid, [example, prep(messages[:1] + [
+        {"role": "assistant", "content": "no"}])])
+    want, ids = audio_model.reference_inputs_embeds(tiny_dir, loaded, messages[:1])
+    n = len(ids)
+    torch.testing.assert_close(embeds[0, :n], want[0], atol=1e-5, rtol=1e-5)  # training sees what serving sees
+    target = [int(t) for t in labels[0] if t != -100]
+    assert prep.tokenizer.decode(target) == "a red cat<|im_end|>"
+    assert [k for k, t in enumerate(labels[0].tolist()) if t != -100] == list(range(n, n + len(target)))
+    assert int(mask[0].sum()) == n + len(target) and labels[1, int(mask[1].sum()):].eq(-100).all()
+
+
 def test_trainer_writes_an_adapter_the_kind_accepts(tiny_dir, tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -365,4 +386,5 @@ def test_demo_adapter_names_held_out_words_far_above_chance(demo_adapter):
           f"{r['held_out_accuracy']:.1%}, chance {r['chance']:.1%}")
     # NOTE: chance is 1/12; 72 clips at chance give 6 +- 2.3 hits, so 50% (36 hits) is > 12 sd above it.
     assert r["held_out_ranked_accuracy"] >= 0.5
+    assert r["held_out_ranked_accuracy_untrained_aligner"] < r["held_out_ranked_accuracy"] - 0.3  # APT training did it
     assert 0.0 <= r["held_out_accuracy"] <= 1.0  # reported; the tiny random base decides it (see demo.py)
