@@ -234,27 +234,23 @@ def test_reference_sequence_places_the_clips_in_the_turn(loaded, tiny_dir):
     torch.testing.assert_close(embeds[0, plain], table[torch.tensor([ids[k] for k in plain])])
 
 
-def test_reference_splice_equals_vllms_own_expansion(loaded, tiny_dir):
-    from vllm.renderers.hf import (
-        _build_mixed_prompt_embeds,
-        _build_prompt_embeds_positions,
-        _build_prompt_embeds_updates,
-        _detect_content_format,
-        _expand_prompt_embeds_placeholders,
-    )
+def test_reference_equals_the_sequence_vllms_own_renderer_builds(loaded, tiny_dir):
+    """vLLM 0.32's chat renderer (no engine) on the rewritten request: the same ids, the same rows."""
+    from vllm.config import ModelConfig, VllmConfig
+    from vllm.renderers.params import ChatParams
+    from vllm.renderers.registry import renderer_from_config
 
-    tokenizer, pid = reference.placeholder_tokenizer(tiny_dir)
-    assert _detect_content_format(tokenizer.chat_template, default="string") == "openai"
-    rewritten = audio_model.rewrite_body(loaded, _body(wav(tone(500.0, 0.3, 16000), 16000),
-                                                       wav(tone(700.0, 0.3, 16000), 16000)))["messages"]
-    clips = reference.clip_tensors(loaded, rewritten)
-    ids = reference.render(tokenizer, reference.placeholder_conversation(rewritten))
-    updates = _build_prompt_embeds_updates(clips, pid)
-    expanded = _expand_prompt_embeds_placeholders(ids, updates)
-    full, is_token = _build_mixed_prompt_embeds(expanded, clips, _build_prompt_embeds_positions(expanded, 2, updates))
-    embeds, mine = reference.splice(torch.zeros(len(ids), 256), ids, pid, clips)
-    assert mine == expanded and [t != pid for t in mine] == is_token
-    torch.testing.assert_close(embeds, full)
+    body = _body(wav(tone(500.0, 0.3, 16000), 16000), wav(tone(700.0, 0.3, 16000), 16000))
+    rewritten = audio_model.rewrite_body(loaded, body)["messages"]
+    renderer = renderer_from_config(VllmConfig(model_config=ModelConfig(model=str(tiny_dir),
+                                                                         enable_prompt_embeds=True)))
+    _, prompt = renderer.render_messages(rewritten, ChatParams(chat_template_kwargs={"add_generation_prompt": True}))
+    embeds, ids = audio_model.reference_inputs_embeds(tiny_dir, loaded, body["messages"])
+    assert prompt["prompt_token_ids"] == ids
+    _, pid = reference.placeholder_tokenizer(tiny_dir)
+    assert prompt["prompt_is_token_ids"] == [t != pid for t in ids]
+    spliced = [k for k, t in enumerate(ids) if t == pid]
+    torch.testing.assert_close(prompt["prompt_embeds"][spliced], embeds[0, spliced], atol=0, rtol=0)
 
 
 def test_reference_tokens_equal_the_training_evaluation_path(loaded, tiny_dir):
