@@ -20,14 +20,11 @@ import asyncio
 import base64
 import io
 import json
-import math
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,16 +56,12 @@ def image_url(seed: int) -> str:
 
 
 def wav_b64(seed: int, seconds: float = 1.0, rate: int = 16000) -> str:
-    freq = 220.0 * (1 + seed % 4)
-    frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * freq * i / rate)))
-                      for i in range(int(seconds * rate)))
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return base64.b64encode(buf.getvalue()).decode()
+    import numpy as np
+
+    from floe.adapters.audio.decode import wav_bytes
+
+    t = np.arange(int(seconds * rate)) / rate
+    return base64.b64encode(wav_bytes(0.35 * np.sin(2 * np.pi * 220.0 * (1 + seed % 4) * t), rate)).decode()
 
 
 def messages(kind: str, i: int) -> list[dict]:

@@ -88,15 +88,20 @@ class AdapterKind:
 
     @staticmethod
     def read_manifest(directory: Path) -> dict[str, Any]:
-        path = Path(directory) / MANIFEST
+        return AdapterKind.read_json(directory, MANIFEST) or {}
+
+    @staticmethod
+    def read_json(directory: Path, name: str) -> dict[str, Any] | None:
+        """A JSON object file of an adapter directory; None when absent, 400 when malformed."""
+        path = Path(directory) / name
         if not path.is_file():
-            return {}
+            return None
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidAdapter(f"{MANIFEST} is not valid JSON: {exc}", param="source") from exc
+            raise InvalidAdapter(f"{name} is not valid JSON: {exc}", param="source") from exc
         if not isinstance(data, dict):
-            raise InvalidAdapter(f"{MANIFEST} must be a JSON object", param="source")
+            raise InvalidAdapter(f"{name} must be a JSON object", param="source")
         return data
 
     @staticmethod

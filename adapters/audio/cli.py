@@ -30,40 +30,24 @@ def train_audio(
     """Fit an APT audio adapter (frozen LLM and encoder) and write a directory for `floe adapters add`."""
     import torch
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from floe.adapters.audio import AudioConfig
     from floe.adapters.audio.model import llm_width
     from floe.adapters.audio.train import TrainConfig, train_to_dir
-    from floe.server.config import load_config
-    from floe.server.models import resolve_base_model
+    from floe.server.training import base_model_dir, refused, training
 
     console = Console(stderr=True)
-    model_dir, _ = resolve_base_model(load_config(None, {"model": {"path": str(model)}} if model else {}))
+    model_dir = base_model_dir(model)
     heads = 4 if qformer_dim % 4 == 0 else 1
-    try:
+    with refused(console):
         cfg = AudioConfig(qformer_dim=qformer_dim, qformer_heads=heads, qformer_layers=qformer_layers,
                           num_queries=num_queries, max_text_tokens=max_text_tokens, llm_hidden=llm_width(model_dir))
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     torch.set_num_threads(1)
-    with Progress(TextColumn("[bold cyan]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("train", total=None, metrics="")
-
-        def progress(step: int, total: int, metrics: dict) -> None:
-            text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            bar.update(task, completed=step, total=total, metrics=text)
-
-        try:
-            path, report = train_to_dir(model_dir, data, out, cfg,
-                                        TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
-                                                    val_fraction=val_fraction, seed=seed),
-                                        encoder_dir=encoder, progress=progress)
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+    with training(console) as progress:
+        path, report = train_to_dir(model_dir, data, out, cfg,
+                                    TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                                val_fraction=val_fraction, seed=seed),
+                                    encoder_dir=encoder, progress=progress)
     exact = f", validation exact match {report['val_exact_match']:.0%}" if "val_exact_match" in report else ""
     console.print(f"adapter written to {path} (best validation loss {report['best_val_loss']:.4f}{exact}, "
                   f"{report['train_examples']} training examples)")

@@ -25,36 +25,20 @@ def train_timeseries(
 ) -> None:
     """Fit a Time-LLM adapter (frozen LLM) and write an adapter directory for `floe adapters add`."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from floe.adapters.timeseries import TimeLLMConfig
     from floe.adapters.timeseries.train import TrainConfig, train_to_dir
-    from floe.server.config import load_config
-    from floe.server.models import resolve_base_model
+    from floe.server.training import base_model_dir, refused, training
 
     console = Console(stderr=True)
-    try:
+    with refused(console):
         cfg = TimeLLMConfig(seq_len=seq_len, horizon=horizon, patch_len=patch_len, stride=stride,
                             description=description)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    model_dir, _ = resolve_base_model(load_config(None, {"model": {"path": str(model)}} if model else {}))
-    with Progress(TextColumn("[bold cyan]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("train", total=None, metrics="")
-
-        def progress(step: int, total: int, metrics: dict) -> None:
-            text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            bar.update(task, completed=step, total=total, metrics=text)
-
-        try:
-            path, report = train_to_dir(model_dir, data, out, cfg,
-                                        TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                                        columns=column or None, progress=progress)
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+    model_dir = base_model_dir(model)
+    with training(console) as progress:
+        path, report = train_to_dir(model_dir, data, out, cfg,
+                                    TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                                    columns=column or None, progress=progress)
     console.print(f"adapter written to {path} (best validation loss {report['best_val_loss']:.4f}, "
                   f"{report['train_windows']} training windows)")
     print(path.resolve())

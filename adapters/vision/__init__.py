@@ -110,16 +110,7 @@ def tower_geometry(tower_cfg: dict[str, Any]) -> tuple[int, int, int, int]:
 
 
 def read_processor(directory: Path) -> dict[str, Any] | None:
-    path = directory / TOWER / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidAdapter(f"{TOWER}/preprocessor_config.json is not valid JSON: {exc}", param="source") from exc
-    if not isinstance(data, dict):
-        raise InvalidAdapter(f"{TOWER}/preprocessor_config.json must be a JSON object", param="source")
-    return data
+    return LLMKind.read_json(directory, f"{TOWER}/preprocessor_config.json")
 
 
 def processed_size(processor: dict[str, Any] | None, cfg: VisionConfig, tower_image_size: int) -> int:

@@ -30,30 +30,17 @@ def train_vision(
 ) -> None:
     """Fit a vision adapter (frozen LLM) and write an adapter directory for `floe adapters add`."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from floe.adapters.vision.train import TrainConfig, train_to_dir
-    from floe.server.config import load_config
-    from floe.server.models import resolve_base_model
+    from floe.server.training import base_model_dir, training
 
     console = Console(stderr=True)
-    model_dir, _ = resolve_base_model(load_config(None, {"model": {"path": str(model)}} if model else {}))
+    model_dir = base_model_dir(model)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, tower_lr=lr / 3, train_tower=train_tower,
                        val_fraction=val_fraction, max_steps=max_steps, seed=seed)
-    with Progress(TextColumn("[bold cyan]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("train", total=None, metrics="")
-
-        def progress(step: int, total: int, metrics: dict) -> None:
-            text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            bar.update(task, completed=step, total=total, metrics=text)
-
-        try:
-            path, report = train_to_dir(model_dir, data, out, tcfg, tower=tower, image_root=image_root,
-                                        progress=progress)
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+    with training(console) as progress:
+        path, report = train_to_dir(model_dir, data, out, tcfg, tower=tower, image_root=image_root,
+                                    progress=progress)
     if "best_val_loss" in report:
         console.print(f"adapter written to {path} (best validation loss {report['best_val_loss']:.4f}, "
                       f"validation exact match {report['val_exact_match']:.0%}, "

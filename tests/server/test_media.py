@@ -39,19 +39,11 @@ def image_chat(url: str, text: str = "What is in the picture?") -> list[dict]:
 
 
 def wav(freq: float, seconds: float = 0.6, rate: int = 16000) -> str:
-    import math
-    import struct
-    import wave
+    """A base64 WAV of a sine tone."""
+    from floe.adapters.audio.decode import wav_bytes
 
-    frames = b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * freq * i / rate)))
-                      for i in range(int(seconds * rate)))
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return base64.b64encode(buf.getvalue()).decode()
+    t = np.arange(int(seconds * rate)) / rate
+    return base64.b64encode(wav_bytes(0.3 * np.sin(2 * np.pi * freq * t), rate)).decode()
 
 
 def audio_chat(data: str, text: str = "What was said?") -> list[dict]:

@@ -1,0 +1,51 @@
+"""What every kind's `floe adapters train <kind>` command shares: the base model it trains
+against, a progress bar, and bad input as a clear error with exit status 2."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
+
+
+def base_model_dir(model: Path | None) -> Path:
+    """The base checkpoint a trainer freezes: `--model`, else the built-in one (built if needed)."""
+    from floe.server.config import load_config
+    from floe.server.models import resolve_base_model
+
+    directory, _ = resolve_base_model(load_config(None, {"model": {"path": str(model)}} if model else {}))
+    return directory
+
+
+@contextmanager
+def training(console: Any) -> Iterator[Progress]:
+    """A progress bar (steps, ETA, the latest metrics) for a trainer's `progress` callback; a
+    ValueError raised inside (bad data or options) is printed and exits with status 2."""
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
+    with Bar(TextColumn("[bold cyan]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+             TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, metrics="")
+
+        def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+            bar.update(task, completed=step, total=total,
+                       metrics=" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+        with refused(console):
+            yield progress
+
+
+@contextmanager
+def refused(console: Any) -> Iterator[None]:
+    """A ValueError (bad data or options) -> the message in red and exit status 2."""
+    try:
+        yield
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
