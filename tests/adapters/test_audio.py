@@ -242,8 +242,9 @@ def test_reference_equals_the_sequence_vllms_own_renderer_builds(loaded, tiny_di
 
     body = _body(wav(tone(500.0, 0.3, 16000), 16000), wav(tone(700.0, 0.3, 16000), 16000))
     rewritten = audio_model.rewrite_body(loaded, body)["messages"]
-    renderer = renderer_from_config(VllmConfig(model_config=ModelConfig(model=str(tiny_dir),
-                                                                         enable_prompt_embeds=True)))
+    # NOTE: dtype "auto" is bfloat16 on this CPU; the fp32 reference needs an fp32 engine.
+    config = ModelConfig(model=str(tiny_dir), enable_prompt_embeds=True, dtype="float32")
+    renderer = renderer_from_config(VllmConfig(model_config=config))
     _, prompt = renderer.render_messages(rewritten, ChatParams(chat_template_kwargs={"add_generation_prompt": True}))
     embeds, ids = audio_model.reference_inputs_embeds(tiny_dir, loaded, body["messages"])
     assert prompt["prompt_token_ids"] == ids
