@@ -52,7 +52,7 @@ def decode(data: bytes, fmt: str, param: str, max_seconds: float) -> tuple[np.nd
     except (miniaudio.MiniaudioError, ValueError, TypeError, OverflowError) as exc:
         raise InvalidRequest(f"{param}: the audio could not be decoded as {fmt}", param=param,
                              code="invalid_audio") from exc
-    samples = np.asarray(sound.samples, dtype=np.float32).reshape(-1, sound.nchannels)
+    samples = np.frombuffer(sound.samples, dtype=np.float32).reshape(-1, sound.nchannels)
     if samples.shape[0] / sound.sample_rate > max_seconds:  # a header that understated the length
         raise InvalidRequest(f"{param}: the clip is longer than {max_seconds:g} s (media.max_audio_s)",
                              param=param, code="audio_too_long")

@@ -27,7 +27,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -291,9 +291,12 @@ class LoadedAudio:
     max_audio_s: float
     max_parts: int
     served_name: str = ""  # the base's name in vLLM, which this adapter's requests are sent as
+    # NOTE: a fast tokenizer's __call__ resets its truncation state; two threads must not do it at once
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def instruction_rows(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:self.model.cfg.max_text_tokens]
+        with self._lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:self.model.cfg.max_text_tokens]
         return self.rows(list(ids))
 
     @torch.no_grad()
