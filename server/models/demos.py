@@ -26,6 +26,13 @@ def _builder(spec: str):
     return import_module(module), getattr(import_module(module), function)
 
 
+def _package_source(module) -> str:
+    """The code of the builder's whole package (the demo depends on its kind's model and
+    trainer too), so any change there rebuilds the demo."""
+    package = Path(inspect.getfile(module)).parent
+    return "".join(path.read_text() for path in sorted(package.rglob("*.py")))
+
+
 def prepare_demos(base_dir: Path, cache: Path, progress=lambda message: None) -> dict[str, Path]:
     """name -> adapter directory, for every kind with a demo (built now if not cached)."""
     from floe.server.runtime.model import base_fingerprint
@@ -37,7 +44,7 @@ def prepare_demos(base_dir: Path, cache: Path, progress=lambda message: None) ->
         if not spec:
             continue
         module, build = _builder(spec)
-        key = hashlib.sha256((inspect.getsource(module) + fingerprint).encode()).hexdigest()[:12]
+        key = hashlib.sha256((_package_source(module) + fingerprint).encode()).hexdigest()[:12]
         target = cache / "demo-adapters" / f"{kind}-{key}"
         if not target.is_dir():
             progress(f"building the {kind} demo adapter (once; cached in {target.parent})")
