@@ -121,9 +121,11 @@ def encode(samples: list[Sample], tokenizer: Any, placeholder: int, adapter: Vis
 
 
 # -- the model pass ----------------------------------------------------------------------------------
-def batch_embeds(adapter: VisionAdapter, embeddings: torch.Tensor, placeholder: int, items: list[Encoded],
-                 *, prompt_only: bool = False, left: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """Padded inputs_embeds [B, T, d] with the soft tokens in place, the attention mask, the id rows."""
+def batch_embeds(adapter: VisionAdapter | None, embeddings: torch.Tensor, placeholder: int, items: list[Encoded],
+                 *, prompt_only: bool = False, left: bool = False, soft: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Padded inputs_embeds [B, T, d] with the soft tokens (the adapter's, or `soft` [images, N, d])
+    in place, the attention mask, the id rows."""
     rows = [e.ids[:e.n_prompt] if prompt_only else e.ids for e in items]
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -133,17 +135,22 @@ def batch_embeds(adapter: VisionAdapter, embeddings: torch.Tensor, placeholder: 
         ids[b, sl], mask[b, sl] = torch.tensor(r), 1
     soft_at = (ids == placeholder) & mask.bool()
     embeds = embeddings[torch.where(soft_at, 0, ids)]
-    if all(e.features is not None for e in items):
+    if soft is not None:
+        pass
+    elif all(e.features is not None for e in items):
         soft = adapter.projector(torch.cat([e.features for e in items])).float()
     else:
+        assert adapter is not None
         soft = adapter(torch.from_numpy(np.concatenate([e.pixels for e in items])))
     embeds = embeds.clone()
     embeds[soft_at] = soft.reshape(-1, soft.shape[-1]).to(embeds.dtype)
     return embeds, mask, rows
 
 
-def loss_of(adapter: VisionAdapter, lm: Any, placeholder: int, items: list[Encoded]) -> torch.Tensor:
-    embeds, mask, rows = batch_embeds(adapter, lm.get_input_embeddings().weight, placeholder, items)
+def loss_of(adapter: VisionAdapter | None, lm: Any, placeholder: int, items: list[Encoded],
+            soft: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens (teacher forcing through the frozen LLM)."""
+    embeds, mask, rows = batch_embeds(adapter, lm.get_input_embeddings().weight, placeholder, items, soft=soft)
     hidden = lm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     positions, labels = [], []
     for b, (e, r) in enumerate(zip(items, rows)):
@@ -237,14 +244,14 @@ def train(adapter: VisionAdapter, lm: Any, tokenizer: Any, placeholder: int, tra
 
 
 def new_adapter(llm_hidden: int, tower_dir: Path | None, *, image_size: int = 32, patch_size: int = 8,
-                hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> VisionAdapter:
+                hidden_size: int = 64, num_layers: int = 2, feature_layer: int = -2, seed: int = 0) -> VisionAdapter:
     """A fresh projector on `tower_dir`'s tower (a vision adapter's, or a HF vision model dir),
     else on a seeded tiny CLIP tower."""
     from floe.adapters.vision import TOWER, VisionConfig
     from floe.adapters.vision.images import Preprocessor
     from floe.adapters.vision.model import Projector, load_tower, make_tower
 
-    cfg = VisionConfig(image_size=image_size)
+    cfg = VisionConfig(image_size=image_size, feature_layer=feature_layer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if tower_dir is None:
