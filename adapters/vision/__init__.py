@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 KIND = "vision"
 TOWER = "tower"
 PROJECTOR = "projector.safetensors"
-SELECT_STRATEGIES = ("default", "full")  # default: drop the tower's CLS token when it has one
+# default: drop the tower's CLS token when it has one; full: keep every token; drop_first: drop
+# token 0 whatever it is (what LlavaForConditionalGeneration's "default" does, also to CLS-less towers)
+SELECT_STRATEGIES = ("default", "full", "drop_first")
 PROJECTOR_KEYS = ("linear_1.weight", "linear_2.weight")
 _MAX_HEADER = 64 * 2**20
 
@@ -178,7 +180,8 @@ class VisionKind(LLMKind):
                                  param="source")
         patches = (size // patch) ** 2
         has_cls = tower_cfg.get("model_type") not in ("siglip_vision_model", "siglip")
-        tokens = patches + (1 if has_cls and cfg.select_strategy == "full" else 0)
+        tokens = patches + (1 if has_cls else 0) - (1 if cfg.select_strategy == "drop_first" or
+                                                     (has_cls and cfg.select_strategy == "default") else 0)
         return self.info(manifest, **cfg.public(), tower=tower_cfg.get("model_type"), tower_width=d_vis,
                          image_input_size=size, patch_size=patch, tokens_per_image=tokens, llm_width=d_llm,
                          trained=manifest.get("trained"))

@@ -136,7 +136,7 @@ def evaluate(base_dir: Path, adapter_dir: Path, n: int = 300, seed: int = TEST_S
 
 
 def fit_caption_tokens(lm: Any, tokenizer: Any, placeholder: int, n_tokens: int, rng: random.Random,
-                       steps: int = CAPTION_STEPS) -> Any:
+                       steps: int | None = None) -> Any:
     """Stage 1: per caption, free soft tokens [n_tokens, d] that make the frozen LLM say it."""
     import numpy as np
     import torch
@@ -154,7 +154,7 @@ def fit_caption_tokens(lm: Any, tokenizer: Any, placeholder: int, n_tokens: int,
                              no_pixels, text) for text in captions])
     tokens = torch.nn.Parameter(torch.randn(len(captions), n_tokens, lm.config.hidden_size) * 0.3)
     opt = torch.optim.Adam([tokens], lr=0.05)
-    for _ in range(steps):  # every caption once a step, each with a random prompt
+    for _ in range(steps or CAPTION_STEPS):  # every caption once a step, each with a random prompt
         batch = [rows[rng.randrange(len(PROMPTS))][k] for k in range(len(captions))]
         loss = loss_of(None, lm, placeholder, batch, soft=tokens)
         opt.zero_grad()
@@ -163,11 +163,12 @@ def fit_caption_tokens(lm: Any, tokenizer: Any, placeholder: int, n_tokens: int,
     return tokens.detach(), float(loss.detach())
 
 
-def fit_encoder(adapter: Any, targets: Any, rng: random.Random, steps: int = ENCODER_STEPS,
-                batch: int = ENCODER_BATCH) -> float:
+def fit_encoder(adapter: Any, targets: Any, rng: random.Random, steps: int | None = None,
+                batch: int | None = None) -> float:
     """Stage 2: tower + projector regress each fresh picture's soft tokens onto its caption's."""
     import torch
 
+    steps, batch = steps or ENCODER_STEPS, batch or ENCODER_BATCH
     index = {caption(c, s): k for k, (c, s) in enumerate((c, s) for c in COLOURS for s in SHAPES)}
     adapter.requires_grad_(True).train()
     opt = torch.optim.Adam(adapter.parameters(), lr=3e-3)

@@ -184,10 +184,12 @@ def split_llava(llava_dir: Path, out: Path) -> tuple[Path, Path]:
         (adapter_dir / TOWER / "preprocessor_config.json").write_text(json.dumps(processor, indent=1))
     save_file({k: v.contiguous() for k, v in projector.items()}, str(adapter_dir / PROJECTOR))
     layer = config.vision_feature_layer
+    strategy = config.vision_feature_select_strategy  # LLaVA's "default" drops token 0, CLS or not
+    strategy = "drop_first" if strategy == "default" else strategy
     (adapter_dir / MANIFEST).write_text(json.dumps({
         "kind": KIND, "base_model": base_fingerprint(text_dir), "version": "1",
         "config": {"feature_layer": list(layer) if isinstance(layer, list | tuple) else layer,
-                   "select_strategy": config.vision_feature_select_strategy,
+                   "select_strategy": strategy,
                    "projector_act": config.projector_hidden_act, "image_token": image_token,
                    "mean": (processor or {}).get("image_mean", [0.5] * 3),
                    "std": (processor or {}).get("image_std", [0.5] * 3)},

@@ -58,7 +58,8 @@ class VisionAdapter(torch.nn.Module):
             probe = torch.zeros(1, 3, self.image_size, self.image_size)
             self.tower_tokens = int(self.tower(pixel_values=probe, output_hidden_states=True).hidden_states[0].shape[1])
         self.has_cls = self.tower_tokens == self.patches + 1
-        self.num_tokens = self.patches if (self.has_cls and cfg.select_strategy == "default") else self.tower_tokens
+        self.drop_first = cfg.select_strategy == "drop_first" or (self.has_cls and cfg.select_strategy == "default")
+        self.num_tokens = self.tower_tokens - int(self.drop_first)
         self.dim = projector.linear_2.out_features
         # set by load_for_backbone in an LLMServer replica
         self.media, self.served_name = MediaConfig(), ""
@@ -67,7 +68,7 @@ class VisionAdapter(torch.nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         states = self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
         picked = [states[layer] for layer in self.cfg.layers]
-        if self.has_cls and self.cfg.select_strategy == "default":
+        if self.drop_first:
             picked = [h[:, 1:] for h in picked]
         return torch.cat(picked, dim=-1)
 

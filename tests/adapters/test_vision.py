@@ -210,6 +210,7 @@ def test_llava_split_generates_what_llava_generates(llava):
     llava_dir, text_dir, adapter = llava
     info = inspect_adapter(adapter, EngineLimits())
     assert info.base_model == base_fingerprint(text_dir) and info.details["image_token"] == "<image>"
+    assert (info.details["select_strategy"], info.details["tokens_per_image"]) == ("drop_first", 16)
     processor = AutoProcessor.from_pretrained(llava_dir)
     model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32).eval()
     for seed, question in [(0, "What is shown?"), (5, "Describe it.")]:
@@ -341,3 +342,17 @@ def test_demo_names_the_colour_of_held_out_pictures(tiny_dir, tmp_path):
     print("demo held-out accuracy:", result)
     assert result["colour_accuracy"] >= 0.6 > 3 * result["colour_chance"]
     assert result["shape_accuracy"] >= 0.5
+
+
+def test_demo_build_is_deterministic(tiny_dir, tmp_path, monkeypatch):
+    from floe.adapters.vision import demo
+    from floe.server.registry.snapshots import content_hash
+
+    for name, value in [("CAPTION_STEPS", 2), ("ENCODER_STEPS", 2), ("ENCODER_BATCH", 4), ("VAL_PICTURES", 3)]:
+        monkeypatch.setattr(demo, name, value)
+    one, two = demo.build(tiny_dir, tmp_path / "one"), demo.build(tiny_dir, tmp_path / "two")
+    for path in (one, two):  # the manifest records timings; everything else must agree
+        manifest = json.loads((path / MANIFEST).read_text())
+        manifest["training"].pop("cpu_seconds")
+        (path / MANIFEST).write_text(json.dumps(manifest))
+    assert content_hash(one) == content_hash(two)
