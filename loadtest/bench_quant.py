@@ -46,7 +46,7 @@ def sparse_matmul_speed() -> None:
             x = torch.randn(in_f, tokens, dtype=torch.float16, device="cuda")
             ws = to_sparse_semi_structured(w)
             times = []
-            for fn in (lambda: w @ x, lambda: ws @ x):
+            for fn in (lambda w=w, x=x: w @ x, lambda ws=ws, x=x: ws @ x):
                 for _ in range(5):
                     fn()
                 torch.cuda.synchronize()

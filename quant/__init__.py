@@ -2,8 +2,14 @@
 
 from floe.quant.api import load_for_transformers, make_config, prune, quantize
 from floe.quant.errors import (
-    EmptyCalibrationError, InvalidConfigError, ModelNotFoundError, OutputExistsError, QuantError,
-    UnknownMethodError, UnsupportedArchitectureError, UnsupportedBitsError,
+    EmptyCalibrationError,
+    InvalidConfigError,
+    ModelNotFoundError,
+    OutputExistsError,
+    QuantError,
+    UnknownMethodError,
+    UnsupportedArchitectureError,
+    UnsupportedBitsError,
 )
 from floe.quant.manifest import MANIFEST_FILE, QuantManifest, read_manifest
 from floe.quant.registry import MethodResult, get_method, list_methods, register_method

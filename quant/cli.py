@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -63,11 +62,12 @@ def register(app: typer.Typer) -> None:
     def quantize_cmd(
         model_dir: Path = typer.Argument(..., help="Hugging Face model directory"),
         method: str = typer.Option(..., "--method", "-m", help="int8 | nf4 | fp4 | gptq | rtn | qllm"),
-        bits: Optional[int] = typer.Option(None, "--bits", help="weight bits (gptq/rtn: 4, 8; qllm: 4, 6, 8)"),
-        group_size: Optional[int] = typer.Option(None, "--group-size", help="columns per scale (-1: per channel)"),
-        act_bits: Optional[int] = typer.Option(None, "--act-bits", help="qllm: simulated activation bits"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)"),
-        calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file, paragraphs split by blank lines"),
+        bits: int | None = typer.Option(None, "--bits", help="weight bits (gptq/rtn: 4, 8; qllm: 4, 6, 8)"),
+        group_size: int | None = typer.Option(None, "--group-size", help="columns per scale (-1: per channel)"),
+        act_bits: int | None = typer.Option(None, "--act-bits", help="qllm: simulated activation bits"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)"),
+        calibration: Path | None = typer.Option(None, "--calibration",
+                                                help="text file, paragraphs split by blank lines"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output dir"),
         set_: list[str] = typer.Option([], "--set", help="any other config field, key=value (repeatable)"),
     ) -> None:
@@ -78,13 +78,14 @@ def register(app: typer.Typer) -> None:
     @app.command("prune")
     def prune_cmd(
         model_dir: Path = typer.Argument(..., help="Hugging Face model directory"),
-        method: Optional[str] = typer.Option(
+        method: str | None = typer.Option(
             None, "--method", "-m", help="maskllm (default) | sparsegpt | wanda | magnitude"),
-        mask: Optional[Path] = typer.Option(
+        mask: Path | None = typer.Option(
             None, "--mask", help="apply this floe_mask.npz (or a pruned output dir) instead of finding one"),
-        steps: Optional[int] = typer.Option(None, "--steps", help="maskllm: most training steps"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)"),
-        calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file, paragraphs split by blank lines"),
+        steps: int | None = typer.Option(None, "--steps", help="maskllm: most training steps"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)"),
+        calibration: Path | None = typer.Option(None, "--calibration",
+                                                help="text file, paragraphs split by blank lines"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output dir"),
         set_: list[str] = typer.Option([], "--set", help="any other config field, key=value (repeatable)"),
     ) -> None:

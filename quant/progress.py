@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator
 
 Handler = Callable[[str, int, int], None]
 _HANDLER: ContextVar[Handler | None] = ContextVar("floe_quant_progress", default=None)

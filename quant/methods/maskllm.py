@@ -30,8 +30,15 @@ from pydantic import Field
 from torch import nn
 
 from floe.quant.calibration import token_batches
-from floe.quant.methods.mask_priors import (PRIORS, candidate_index, dense_weights, lm_loss,
-                                            masked_loss, prior_logits, prior_masks)
+from floe.quant.methods.mask_priors import (
+    PRIORS,
+    candidate_index,
+    dense_weights,
+    lm_loss,
+    masked_loss,
+    prior_logits,
+    prior_masks,
+)
 from floe.quant.model_io import decoder_linears, load_dense
 from floe.quant.progress import report
 from floe.quant.registry import MethodConfig, MethodResult, register_method
@@ -55,7 +62,8 @@ class MaskLLMConfig(MethodConfig):
     init_std: float = Field(0.01, description="std of the gates' initial noise")
     weight_reg: float = Field(0.0, description="sparse-weight regulariser: minus this times the "
                               "kept share of each linear's squared weight norm (mean over linears)")
-    prior_reg: float = Field(0.0, description="cross-entropy toward the prior candidate, per group")
+    prior_reg: float = Field(0.3, description="weight of the mean per-group cross-entropy of the "
+                             "scaled gates toward the prior candidate (0: off)")
     num_samples: int = Field(4096, description="most mask-learning windows read from the text")
     val_windows: int = Field(32, description="windows held out of training for validation")
     eval_every: int = 50

@@ -25,8 +25,8 @@ from floe.quant.calibration import token_batches
 from floe.quant.ct_export import rtn, write_compressed
 from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
 from floe.quant.model_io import load_dense
-from floe.quant.qllm_sim import SimQuantLinear, build_reassembly, fq_act, fq_weight
 from floe.quant.progress import report
+from floe.quant.qllm_sim import SimQuantLinear, build_reassembly, fq_act, fq_weight
 from floe.quant.registry import MethodConfig, MethodResult, register_method
 
 
