@@ -49,8 +49,27 @@ def test_round_trip(tiny_model, calib_texts, dense_ppl, ppl_of, generate, tmp_pa
     assert len(torch.unique(w)) <= 2 ** bits
 
 
+def _vllm_has_w4a16_cpu_kernel() -> bool:
+    """Whether the vLLM CPU build loaded on this processor has its W4A16 GEMM (`cpu_gemm_wna16`):
+    the AVX2 fallback build that vLLM picks on CPUs without AVX-512 (e.g. this AMD EPYC) has none,
+    so vLLM cannot run a W4A16 checkpoint there at all. Probed in a subprocess: a wrong kernel
+    build dies of an illegal instruction."""
+    import subprocess
+    import sys
+
+    probe = ("import torch, vllm.platforms as p; p.current_platform.import_kernels(); "
+             "print(hasattr(torch.ops._C, 'cpu_gemm_wna16'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    return out.stdout.strip().endswith("True")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [
+    pytest.param(4, marks=pytest.mark.skipif(not _vllm_has_w4a16_cpu_kernel(), reason=(
+        "this processor's vLLM CPU kernels have no W4A16 GEMM (cpu_gemm_wna16): hardware, like the GPU "
+        "tests; the 4-bit GPTQ round trip above still runs"))),
+    8,
+])
 def test_vllm_cpu_serves_gptq(tiny_model, calib_texts, dense_ppl, ppl_of, vllm_ppl, tmp_path, bits):
     out = fq.quantize(tiny_model, fq.make_config("gptq", bits=bits, group_size=32),
                       calibration=calib_texts, out=tmp_path / "o")
