@@ -25,6 +25,11 @@ def train_vision(
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
     train_tower: bool = typer.Option(False, "--train-tower/--freeze-tower",
                                      help="Also fit the tower (the default keeps it frozen)."),
+    recipe: str = typer.Option("auto", "--recipe",
+                               help="end_to_end: the answers' cross-entropy through the frozen LLM; distill: "
+                                    "soft tokens per distinct answer first, then the adapter regressed onto "
+                                    "them (for label-like answers); auto: distill when answers repeat."),
+    distill_steps: int = typer.Option(200, "--distill-steps", min=1),
     model: Path | None = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -35,9 +40,13 @@ def train_vision(
     from floe.server.training import base_model_dir, training
 
     console = Console(stderr=True)
+    if recipe not in ("auto", "distill", "end_to_end"):
+        console.print("[red]error:[/red] --recipe must be auto, distill or end_to_end")
+        raise typer.Exit(2)
     model_dir = base_model_dir(model)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, tower_lr=lr / 3, train_tower=train_tower,
-                       val_fraction=val_fraction, max_steps=max_steps, seed=seed)
+                       val_fraction=val_fraction, max_steps=max_steps, seed=seed, recipe=recipe,
+                       distill_steps=distill_steps)
     with training(console) as progress:
         path, report = train_to_dir(model_dir, data, out, tcfg, tower=tower, image_root=image_root,
                                     progress=progress)

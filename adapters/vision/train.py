@@ -43,6 +43,8 @@ class TrainConfig:
     max_steps: int | None = None
     eval_limit: int = 200  # validation conversations decoded greedily at the end
     seed: int = 0
+    recipe: str = "auto"  # "distill", "end_to_end", or auto: distill when answers repeat (below)
+    distill_steps: int = 200
 
 
 @dataclass
@@ -184,9 +186,48 @@ def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
     return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
 
 
+def distills(train_set: list[Encoded], tcfg: TrainConfig) -> bool:
+    """Auto: one image per conversation and few distinct answers (each seen 4 times on average)."""
+    if tcfg.recipe != "auto":
+        return tcfg.recipe == "distill"
+    answers = {e.target for e in train_set}
+    return all(e.pixels.shape[0] == 1 for e in train_set) and len(answers) <= min(256, len(train_set) // 4)
+
+
+def answer_tokens(lm: Any, placeholder: int, train_set: list[Encoded], n_tokens: int, tcfg: TrainConfig,
+                  rng: random.Random) -> tuple[torch.Tensor, dict[str, int], float]:
+    """Distillation stage 1: per distinct answer, free soft tokens [n_tokens, d] that make the frozen
+    LLM give it (teacher forcing over the training prompts)."""
+    index = {t: k for k, t in enumerate(sorted({e.target for e in train_set}))}
+    tokens = torch.nn.Parameter(torch.randn(len(index), n_tokens, lm.config.hidden_size) * 0.3)
+    opt = torch.optim.Adam([tokens], lr=0.05)
+    loss = torch.zeros(())
+    for _ in range(tcfg.distill_steps):
+        batch = rng.sample(train_set, min(tcfg.batch_size, len(train_set)))
+        loss = loss_of(None, lm, placeholder, batch, soft=tokens[[index[e.target] for e in batch]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return tokens.detach(), index, float(loss.detach())
+
+
+def regression_loss(adapter: VisionAdapter, items: list[Encoded], targets: torch.Tensor, index: dict[str, int],
+                    scale: float) -> torch.Tensor:
+    if all(e.features is not None for e in items):
+        soft = adapter.projector(torch.cat([e.features for e in items])).float()
+    else:
+        soft = adapter(torch.from_numpy(np.concatenate([e.pixels for e in items])))
+    return ((soft - targets[[index[e.target] for e in items]]) ** 2).mean() / scale
+
+
 def train(adapter: VisionAdapter, lm: Any, tokenizer: Any, placeholder: int, train_set: list[Encoded],
           val_set: list[Encoded], tcfg: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Fit the projector (and the tower when `train_tower`); keeps the best validation loss."""
+    """Fit the projector (and the tower when `train_tower`); keeps the best validation loss.
+
+    End to end: the answers' cross-entropy through the frozen LLM. Distilled (answers that repeat,
+    e.g. labels): first free soft tokens per answer through the LLM, then the adapter regressed
+    onto its answer's tokens (MSE, learning rate decayed linearly), which learns far faster per
+    step through a frozen LLM that context steers only weakly (floe.adapters.vision.demo)."""
     torch.manual_seed(tcfg.seed)
     lm.requires_grad_(False).eval()
     adapter.requires_grad_(False)
@@ -204,17 +245,27 @@ def train(adapter: VisionAdapter, lm: Any, tokenizer: Any, placeholder: int, tra
     total = min(tcfg.epochs * steps_per_epoch, tcfg.max_steps or 10**9)
     best: tuple[float, dict] = (float("inf"), {k: v.clone() for k, v in adapter.state_dict().items()})
     rng, step, metrics, started = random.Random(tcfg.seed), 0, {}, time.monotonic()
+    distill = distills(train_set, tcfg)
+    if distill:
+        targets, index, metrics["answer_token_loss"] = answer_tokens(lm, placeholder, train_set,
+                                                                     adapter.num_tokens, tcfg, rng)
+        scale = float((targets ** 2).mean())
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / total)
     while step < total:
         adapter.train()
         order = list(range(len(train_set)))
         rng.shuffle(order)
         for i in range(0, len(order), tcfg.batch_size):
-            loss = loss_of(adapter, lm, placeholder, [train_set[j] for j in order[i:i + tcfg.batch_size]])
+            batch = [train_set[j] for j in order[i:i + tcfg.batch_size]]
+            loss = (regression_loss(adapter, batch, targets, index, scale) if distill
+                    else loss_of(adapter, lm, placeholder, batch))
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if distill:
+                decay.step()
             step += 1
-            metrics["train_loss"] = float(loss.detach())
+            metrics["train_mse" if distill else "train_loss"] = float(loss.detach())
             if progress:
                 progress(step, total, metrics)
             if step >= total:
@@ -234,7 +285,8 @@ def train(adapter: VisionAdapter, lm: Any, tokenizer: Any, placeholder: int, tra
     adapter.eval().requires_grad_(False)
     report: dict[str, Any] = {"steps": step, "train_conversations": len(train_set),
                               "val_conversations": len(val_set), "seconds": round(time.monotonic() - started, 1),
-                              "trained": ["projector", "tower"] if tcfg.train_tower else ["projector"]}
+                              "trained": ["projector", "tower"] if tcfg.train_tower else ["projector"],
+                              "recipe": "distill" if distill else "end_to_end"}
     if val_set:
         picked = val_set[:tcfg.eval_limit]
         answers = greedy(adapter, lm, tokenizer, placeholder, picked)
@@ -245,13 +297,15 @@ def train(adapter: VisionAdapter, lm: Any, tokenizer: Any, placeholder: int, tra
 
 def new_adapter(llm_hidden: int, tower_dir: Path | None, *, image_size: int = 32, patch_size: int = 8,
                 hidden_size: int = 64, num_layers: int = 2, feature_layer: int = -2, seed: int = 0) -> VisionAdapter:
-    """A fresh projector on `tower_dir`'s tower (a vision adapter's, or a HF vision model dir),
-    else on a seeded tiny CLIP tower."""
-    from floe.adapters.vision import TOWER, VisionConfig
+    """A fresh projector on `tower_dir`'s tower (a vision adapter's, whose config (feature layer,
+    select strategy, mean / std) is kept, or a HF vision model dir), else on a seeded tiny CLIP tower."""
+    from floe.adapters.vision import TOWER, VisionConfig, VisionKind
     from floe.adapters.vision.images import Preprocessor
     from floe.adapters.vision.model import Projector, load_tower, make_tower
 
     cfg = VisionConfig(image_size=image_size, feature_layer=feature_layer)
+    if tower_dir is not None and (Path(tower_dir) / TOWER).is_dir():
+        cfg = VisionConfig.from_dict(VisionKind.read_manifest(Path(tower_dir)).get("config") or {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if tower_dir is None:
@@ -272,15 +326,19 @@ def train_to_dir(model_dir: Path, data: Path, out: Path, tcfg: TrainConfig, *, t
     from floe.adapters.vision.model import llm_width, save
     from floe.server.runtime.model import base_fingerprint
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    samples = read_jsonl(data, image_root)
-    adapter = new_adapter(llm_width(model_dir), tower, seed=tcfg.seed)
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer, placeholder = placeholder_tokenizer(model_dir)
-    train_set, val_set = split(encode(samples, tokenizer, placeholder, adapter), tcfg.val_fraction, tcfg.seed)
-    report = train(adapter, lm, tokenizer, placeholder, train_set, val_set, tcfg, progress)
-    save(out, adapter, base_fingerprint(model_dir), extra={"trained": report["trained"],
-                                                          "training": {**report, "data": Path(data).name}})
+    try:
+        samples = read_jsonl(data, image_root)
+        adapter = new_adapter(llm_width(model_dir), tower, seed=tcfg.seed)
+        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        tokenizer, placeholder = placeholder_tokenizer(model_dir)
+        train_set, val_set = split(encode(samples, tokenizer, placeholder, adapter), tcfg.val_fraction, tcfg.seed)
+        report = train(adapter, lm, tokenizer, placeholder, train_set, val_set, tcfg, progress)
+        save(out, adapter, base_fingerprint(model_dir), extra={"trained": report["trained"],
+                                                              "training": {**report, "data": Path(data).name}})
+    finally:
+        torch.set_num_threads(threads)
     return Path(out), report
 
 
