@@ -173,7 +173,13 @@ def split_llava(llava_dir: Path, out: Path) -> tuple[Path, Path]:
 
     tokenizer = AutoTokenizer.from_pretrained(llava_dir)
     image_token = getattr(tokenizer, "image_token", None) or tokenizer.convert_ids_to_tokens(config.image_token_id)
-    tokenizer.chat_template = text_template(read_chat_template(llava_dir) or LLAVA_15_TEMPLATE, image_token)
+    template = text_template(read_chat_template(llava_dir) or LLAVA_15_TEMPLATE, image_token)
+    bos = tokenizer.bos_token_id
+    if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] and "bos_token" not in template:
+        # LlavaProcessor tokenises the rendered prompt with the tokenizer's BOS; vLLM's chat path
+        # tokenises it with add_special_tokens=False, so the template must carry the BOS itself
+        template = "{{- bos_token -}}" + template
+    tokenizer.chat_template = template
     tokenizer.save_pretrained(text_dir)
 
     vision_cfg.save_pretrained(adapter_dir / TOWER)
