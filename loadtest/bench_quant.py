@@ -18,6 +18,7 @@ import argparse
 import copy
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="where outputs go (default: temp dir)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")  # bitsandbytes, once per forward
     spec = TEST_SPEC if args.quick else RefModelSpec()
     src = build_reference_model(spec)
     info = read_info(src)

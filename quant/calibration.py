@@ -27,18 +27,29 @@ def load_texts(calibration: str | Path | list[str] | None) -> list[str] | None:
     return texts
 
 
+SPREAD = 16  # read up to this many times the tokens needed, then sample windows across them
+
+
 def token_batches(tokenizer, texts: list[str], seq_len: int, max_samples: int) -> torch.Tensor:
-    """Concatenate the texts, cut into ``[n, seq_len]`` token windows (n <= max_samples)."""
+    """``[n, seq_len]`` token windows (n <= max_samples), spread evenly over the texts.
+
+    The texts are joined (EOS between them) up to ``SPREAD * seq_len * max_samples`` tokens and
+    the windows start at evenly spaced offsets, so a calibration set of many documents is
+    sampled across all of them rather than from the first one or two; windows never overlap.
+    """
     ids: list[int] = []
     for t in texts:
         ids += tokenizer(t)["input_ids"]
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
-        if len(ids) >= seq_len * max_samples:
+        if len(ids) >= SPREAD * seq_len * max_samples:
             break
     n = min(max_samples, len(ids) // seq_len)
     if n == 0:
         if not ids:
             raise EmptyCalibrationError("the calibration set tokenizes to nothing")
         return torch.tensor([ids], dtype=torch.long)
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    flat = torch.tensor(ids, dtype=torch.long)
+    # gaps >= seq_len since n * seq_len <= len(ids); float64 keeps the floor exact at large offsets
+    starts = torch.linspace(0, len(ids) - seq_len, n, dtype=torch.float64).long()
+    return torch.stack([flat[s:s + seq_len] for s in starts.tolist()])
