@@ -93,6 +93,9 @@ class ModelSpec:
     max_position_embeddings: int = 2048
     dtype: str = "float32"
     seed: int = 0
+    # Embedding / output rows past the tokenizer's vocabulary: ids no text encodes to, free for
+    # adapters that add output rows (tool tokens place theirs here through an lm_head LoRA).
+    spare_tokens: int = 64
 
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
@@ -179,7 +182,7 @@ def build_model(spec: ModelSpec, out_dir: Path) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    build_tokenizer(out_dir, spec.vocab_size)
+    build_tokenizer(out_dir, spec.vocab_size - spec.spare_tokens)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     config = LlamaConfig(
         vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
@@ -193,10 +196,15 @@ def build_model(spec: ModelSpec, out_dir: Path) -> None:
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config)
     # NOTE: default init (std 0.02) gives near-uniform logits; a wider output layer makes
-    # greedy decoding of the random model decisive, so engine comparisons are meaningful.
+    # greedy decoding of the random model decisive, so engine comparisons are meaningful. The
+    # input embedding keeps the default scale: soft tokens that adapters learn live at that
+    # scale, and a std-1 embedding drowned them (demo adapters then scored at chance).
+    # Spare rows are zero: the base never emits them and no text reaches them.
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, 0.5)
-        model.model.embed_tokens.weight.normal_(0.0, 1.0)
+        used = len(tokenizer)
+        model.lm_head.weight[used:] = 0.0
+        model.model.embed_tokens.weight[used:] = 0.0
     model = model.to(getattr(torch, spec.dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
