@@ -11,6 +11,7 @@ from floe.server.errors import ModelNotFound
 from floe.server.gateway.body import read_json_object
 from floe.server.gateway.families import Family, GatewayContext
 from floe.server.gateway.state import GatewayState, api_auth, gateway_state
+from floe.server.kinds import LLMKind
 from floe.server.services.inference import InferenceService
 
 router = APIRouter(dependencies=[Depends(api_auth)])
@@ -58,10 +59,10 @@ def _card(model_id: str, created: int, **extra) -> dict:
 @router.get("/v1/models")
 async def list_models(state: GatewayState = Depends(gateway_state)):
     base = state.base_name
-    cards = [_card(base, state.started, root=base, parent=None, kind="base", accepts=[])]
+    cards = [_card(base, state.started, root=base, parent=None, kind="base", accepts=[], serves=list(LLMKind.serves))]
     for ref in await state.service("adapters").list():
         cards.append(_card(ref.name, int(ref.created), root=ref.model_id, parent=base, kind=ref.kind,
-                           accepts=list(ref.accepts)))
+                           accepts=list(ref.accepts), serves=list(ref.serves)))
     return {"object": "list", "data": cards}
 
 
