@@ -12,25 +12,18 @@ models of the kind: "" (the base with the defaults below) and all-MiniLM-L6-v2 (
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import (
-    MANIFEST,
-    AdapterInfo,
-    EngineLimits,
-    InvalidAdapter,
-    RuntimeKind,
-    group_by_adapter,
-    register_kind,
-)
+from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, RuntimeKind, group_by_adapter, register_kind
 from floe.server.schemas.embeddings import MINILM_ALIASES, EmbedCall, EmbedResult
 
 if TYPE_CHECKING:
     import torch
 
+    from floe.server.kinds import AdapterInfo, EngineLimits
     from floe.server.runtime.engine import RuntimeBackbone
     from floe.server.runtime.model import FrozenModel
 
@@ -40,7 +33,7 @@ FLAME_TEMPLATE = ('Image description: "{text}". After thinking step by step, thi
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(KindConfig):
     template: str = FLAME_TEMPLATE
     layer: int = -2  # 0 = embeddings, k = output of decoder layer k, -1 = last, -2 = second-to-last
     final_norm: bool = False
@@ -53,13 +46,7 @@ class EncoderConfig:
         if self.pooling not in ("last", "mean"):
             raise ValueError("pooling must be 'last' or 'mean'")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
-    def public(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def template_ids(llm: FrozenModel, cfg: EncoderConfig, item: str | list[int]) -> list[int]:

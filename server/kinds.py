@@ -24,10 +24,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from floe.server.errors import InvalidRequest
 
@@ -61,6 +61,25 @@ class AdapterInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+class KindConfig:
+    """Mixin for a kind's frozen dataclass config (the manifest's `config` object).
+
+    `from_dict` ignores keys the dataclass does not know (a newer writer's extras); `public` is
+    the JSON written back, tuples as lists. Validation belongs in the dataclass's `__post_init__`.
+    """
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        if not isinstance(data, dict):
+            raise ValueError("config must be an object")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def public(self) -> dict[str, Any]:
+        out = asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
 class AdapterKind:
     """One adapter kind. Subclasses set `name` / `serves` and implement `manifest`."""
 
@@ -89,6 +108,16 @@ class AdapterKind:
     @staticmethod
     def read_manifest(directory: Path) -> dict[str, Any]:
         return AdapterKind.read_json(directory, MANIFEST) or {}
+
+    def own_manifest(self, directory: Path) -> dict[str, Any]:
+        """The manifest of an adapter of this kind: it says `"kind": <name>` and names its base."""
+        manifest = self.read_manifest(directory)
+        if manifest.get("kind") != self.name:
+            raise InvalidAdapter(f'{MANIFEST} must say "kind": "{self.name}"', param="source")
+        if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
+            raise InvalidAdapter(f"{MANIFEST}: a {self.name} adapter must name its base_model "
+                                 "(the base checkpoint's fingerprint)", param="source")
+        return manifest
 
     @staticmethod
     def read_json(directory: Path, name: str) -> dict[str, Any] | None:

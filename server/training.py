@@ -1,16 +1,51 @@
 """What every kind's `floe adapters train <kind>` command shares: the base model it trains
-against, a progress bar, and bad input as a clear error with exit status 2."""
+against, the settings every fit has, OpenAI chat fine-tuning JSONL, a progress bar, and bad
+input as a clear error with exit status 2."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What every trainer takes; a kind's `TrainConfig` subclasses it (its own defaults, more
+    fields)."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def chat_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`(line number, record)` of an OpenAI chat fine-tuning JSONL file: one `{"messages": [...],
+    "tools"?: [...]}` per line, blank lines skipped. A line without a non-empty list of message
+    objects, or a file without any line, is a ValueError naming the file and line."""
+    seen = False
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            messages = record["messages"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{n}: expected {{\"messages\": [...]}}") from exc
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise ValueError(f"{path}:{n}: \"messages\" must be a non-empty list of message objects")
+        seen = True
+        yield n, record
+    if not seen:
+        raise ValueError(f"{path}: no conversations")
 
 
 def base_model_dir(model: Path | None) -> Path:

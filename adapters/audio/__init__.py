@@ -47,16 +47,17 @@ import asyncio
 import dataclasses
 import json
 import struct
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, LLMKind, register_kind
+from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, LLMKind, register_kind
 
 if TYPE_CHECKING:
     from floe.adapters.audio.model import LoadedAudio
     from floe.server.engine.llm_server import LLMBackbone
     from floe.server.engine.messages import OpenAICall
+    from floe.server.kinds import AdapterInfo, EngineLimits
 
 KIND = "audio"
 ENCODER = "encoder.safetensors"  # the frozen audio encoder
@@ -66,7 +67,7 @@ FORMATS = ("wav", "mp3")
 
 
 @dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(KindConfig):
     num_mel_bins: int = 80
     encoder_dim: int = 128
     encoder_layers: int = 2
@@ -90,15 +91,7 @@ class AudioConfig:
     def tokens_per_clip(self) -> int:
         return 1 + self.num_queries  # the indicator, then the soft tokens
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AudioConfig:
-        if not isinstance(data, dict):
-            raise ValueError("config must be an object")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
-    def public(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -145,12 +138,7 @@ class AudioKind(LLMKind):
 
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
         directory = Path(directory)
-        manifest = self.read_manifest(directory)
-        if manifest.get("kind") != KIND:
-            raise InvalidAdapter(f"{MANIFEST}: an audio adapter needs \"kind\": \"{KIND}\"", param="source")
-        if not isinstance(manifest.get("base_model"), str):
-            raise InvalidAdapter(f"{MANIFEST}: an audio adapter must name its base_model "
-                                 "(the base checkpoint's fingerprint)", param="source")
+        manifest = self.own_manifest(directory)
         try:
             cfg = AudioConfig.from_dict(manifest.get("config") or {})
         except (TypeError, ValueError) as exc:

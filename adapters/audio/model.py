@@ -36,10 +36,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from floe.adapters.audio import ALIGNER, ENCODER, KIND, MANIFEST, AudioConfig, AudioKind
+from floe.adapters.audio import ALIGNER, ENCODER, KIND, AudioConfig, AudioKind
 from floe.adapters.audio.decode import check_format, fbank, load_pcm
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import InvalidAdapter
+from floe.server.kinds import MANIFEST, InvalidAdapter
 
 
 # -- layers ---------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import base64
 import json
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,17 @@ from floe.adapters.audio.decode import fbank
 from floe.adapters.audio.model import AudioModel, EmbeddingRows, clip_pcm, init_output_scale, instruction_of
 from floe.adapters.audio.reference import is_clip, placeholder_conversation, placeholder_tokenizer, render, splice
 from floe.server.errors import InvalidRequest
+from floe.server.training import Progress, TrainSettings, chat_lines
 
-Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
 MAX_AUDIO_S = 60.0
 MAX_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(TrainSettings):
     epochs: int = 20
-    batch_size: int = 16
     lr: float = 2e-3
     val_fraction: float = 0.1
-    seed: int = 0
 
 
 @dataclass
@@ -54,15 +51,8 @@ class Example:
 def read_jsonl(path: Path) -> list[list[dict[str, Any]]]:
     """The conversations of a fine-tuning JSONL, `path` audio parts inlined as base64."""
     out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            messages = record["messages"]
-            assert isinstance(messages, list) and messages
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:
-            raise ValueError(f"{path}:{n}: expected {{\"messages\": [...]}}") from exc
+    for _, record in chat_lines(path):
+        messages = record["messages"]
         for message in messages:
             for part in message.get("content") if isinstance(message.get("content"), list) else []:
                 audio = part.get("input_audio") if isinstance(part, dict) else None
@@ -71,8 +61,6 @@ def read_jsonl(path: Path) -> list[list[dict[str, Any]]]:
                     audio["data"] = base64.b64encode(file.read_bytes()).decode()
                     audio.setdefault("format", file.suffix.lstrip(".").lower())
         out.append(messages)
-    if not out:
-        raise ValueError(f"{path}: no examples")
     return out
 
 

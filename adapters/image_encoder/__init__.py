@@ -5,23 +5,16 @@ POST /v1/embeddings. Torch-free: the network, the image decoding and `write` liv
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import (
-    MANIFEST,
-    AdapterInfo,
-    EngineLimits,
-    InvalidAdapter,
-    RuntimeKind,
-    group_by_adapter,
-    register_kind,
-)
+from floe.server.kinds import InvalidAdapter, KindConfig, RuntimeKind, group_by_adapter, register_kind
 from floe.server.schemas.embeddings import EmbedCall, EmbedResult
 
 if TYPE_CHECKING:
     from floe.adapters.image_encoder.model import ImageEncoder
+    from floe.server.kinds import AdapterInfo, EngineLimits
     from floe.server.runtime.engine import RuntimeBackbone
 
 KIND = "image_encoder"
@@ -30,7 +23,7 @@ PROJECTOR = "projector.safetensors"
 
 
 @dataclass(frozen=True)
-class ImageEncoderConfig:
+class ImageEncoderConfig(KindConfig):
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     normalize: bool = True
@@ -43,14 +36,7 @@ class ImageEncoderConfig:
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImageEncoderConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
-    def public(self) -> dict[str, Any]:
-        out = asdict(self)
-        return {**out, "mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclass(eq=False)
@@ -66,15 +52,12 @@ class ImageEncoderKind(RuntimeKind):
     serves = ("embeddings",)
 
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        manifest = self.read_manifest(directory)
+        manifest = self.own_manifest(directory)
         if not (directory / VISION / "config.json").is_file():
             raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/config.json (a ViT)", param="source")
         if not any((directory / VISION).glob("*.safetensors")):
             raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/*.safetensors", param="source")
         self.require_files(directory, PROJECTOR)
-        if not isinstance(manifest.get("base_model"), str):
-            raise InvalidAdapter(f"{MANIFEST}: an image_encoder adapter must name its base_model "
-                                 "(the base checkpoint's fingerprint)", param="source")
         try:
             cfg = ImageEncoderConfig.from_dict(manifest.get("config") or {})
             vit_cfg = json.loads((directory / VISION / "config.json").read_text())

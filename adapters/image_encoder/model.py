@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from floe.adapters.encoder import is_image_input
-from floe.adapters.image_encoder import KIND, MANIFEST, PROJECTOR, VISION, ImageEncoderConfig, ImageEncoderKind
+from floe.adapters.image_encoder import KIND, PROJECTOR, VISION, ImageEncoderConfig, ImageEncoderKind
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import InvalidAdapter
+from floe.server.kinds import MANIFEST, InvalidAdapter
 
 MAX_PIXELS = 40_000_000  # decoded width * height; a larger image is refused (decompression bombs)
 

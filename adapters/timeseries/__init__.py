@@ -8,16 +8,17 @@ fingerprint, the config) and `model.safetensors`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, RuntimeKind, register_kind
+from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, RuntimeKind, register_kind
 from floe.server.schemas.forecasts import ForecastCall, ForecastResult
 
 if TYPE_CHECKING:
     from floe.adapters.timeseries.model import TimeLLM
+    from floe.server.kinds import AdapterInfo, EngineLimits
     from floe.server.runtime.engine import RuntimeBackbone
 
 KIND = "timeseries"
@@ -25,7 +26,7 @@ WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
-class TimeLLMConfig:
+class TimeLLMConfig(KindConfig):
     seq_len: int = 48  # lookback: the last seq_len points of a series are used
     horizon: int = 12
     patch_len: int = 16
@@ -47,10 +48,6 @@ class TimeLLMConfig:
     def num_patches(self) -> int:
         return (self.seq_len - self.patch_len) // self.stride + 2
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TimeLLMConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -68,12 +65,9 @@ class TimeseriesKind(RuntimeKind):
     trainer = "floe.adapters.timeseries.cli:train_timeseries"
 
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        manifest = self.read_manifest(directory)
+        manifest = self.own_manifest(directory)
         if not (directory / WEIGHTS).is_file():
             raise InvalidAdapter(f"a timeseries adapter needs {WEIGHTS}", param="source")
-        if not isinstance(manifest.get("base_model"), str):
-            raise InvalidAdapter(f"{MANIFEST}: `base_model` (the base fingerprint) is required",
-                                 param="source")
         try:
             cfg = TimeLLMConfig.from_dict(manifest.get("config") or {})
         except (TypeError, ValueError) as exc:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from floe.adapters.timeseries import KIND, MANIFEST, WEIGHTS, TimeLLMConfig, TimeseriesKind
+from floe.adapters.timeseries import KIND, WEIGHTS, TimeLLMConfig, TimeseriesKind
 from floe.server.errors import InvalidRequest
+from floe.server.kinds import MANIFEST
 
 if TYPE_CHECKING:
     from floe.server.runtime.model import FrozenModel

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,17 +16,12 @@ import torch
 
 from floe.adapters.timeseries import TimeLLMConfig
 from floe.adapters.timeseries.model import TimeLLM, save
-
-Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
+from floe.server.training import Progress, TrainSettings
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
+class TrainConfig(TrainSettings):
     train_fraction: float = 0.8
-    seed: int = 0
 
 
 def read_csv(path: Path, columns: list[str] | None = None) -> dict[str, list[float]]:

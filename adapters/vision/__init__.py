@@ -24,14 +24,15 @@ import asyncio
 import dataclasses
 import json
 import struct
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, LLMKind, register_kind
+from floe.server.kinds import InvalidAdapter, KindConfig, LLMKind, register_kind
 
 if TYPE_CHECKING:
     from floe.adapters.vision.model import VisionAdapter
+    from floe.server.kinds import AdapterInfo, EngineLimits
 
 KIND = "vision"
 TOWER = "tower"
@@ -44,7 +45,7 @@ _MAX_HEADER = 64 * 2**20
 
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(KindConfig):
     """How a tower's output becomes soft tokens (LLaVA-1.5 semantics by default)."""
 
     feature_layer: int | tuple[int, ...] = -2  # hidden_states index (0 = embeddings); several concat
@@ -76,16 +77,7 @@ class VisionConfig:
     def layers(self) -> tuple[int, ...]:
         return self.feature_layer if isinstance(self.feature_layer, tuple) else (self.feature_layer,)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VisionConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
-    def public(self) -> dict[str, Any]:
-        out = asdict(self)
-        layer = self.feature_layer
-        return {**out, "feature_layer": list(layer) if isinstance(layer, tuple) else layer,
-                "mean": list(self.mean), "std": list(self.std)}
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -141,12 +133,7 @@ class VisionKind(LLMKind):
 
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
         directory = Path(directory)
-        manifest = self.read_manifest(directory)
-        if manifest.get("kind") != KIND:
-            raise InvalidAdapter(f"{MANIFEST} must say \"kind\": \"{KIND}\"", param="source")
-        if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
-            raise InvalidAdapter(f"{MANIFEST}: a vision adapter must name its base_model "
-                                 "(the base checkpoint's fingerprint)", param="source")
+        manifest = self.own_manifest(directory)
         tower_config = directory / TOWER / "config.json"
         if not tower_config.is_file():
             raise InvalidAdapter(f"a vision adapter needs {TOWER}/config.json (a Hugging Face vision model)",

@@ -31,8 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from floe.adapters.vision import KIND, MANIFEST, PROJECTOR, TOWER
+from floe.adapters.vision import KIND, PROJECTOR, TOWER
 from floe.adapters.vision.chat import PLACEHOLDER
+from floe.server.kinds import MANIFEST
 
 LLM, VISION = "llm", "vision"
 # llava-hf/llava-1.5-*-hf's template: used when a checkpoint ships none.

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from floe.adapters.vision import KIND, MANIFEST, PROJECTOR, TOWER, VisionConfig, VisionKind
+from floe.adapters.vision import KIND, PROJECTOR, TOWER, VisionConfig, VisionKind
 from floe.adapters.vision.chat import EMBED_PARTS, PLACEHOLDER, expand, placeholder_tokenizer, render_ids
 from floe.adapters.vision.images import IMAGE_PARTS, Preprocessor, decode_image, image_url
 from floe.server.config import MediaConfig
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import InvalidAdapter
+from floe.server.kinds import MANIFEST, InvalidAdapter
 
 
 class Projector(torch.nn.Module):

@@ -11,11 +11,9 @@ accuracy on the validation split is reported.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,22 +25,19 @@ import torch
 from floe.adapters.vision.chat import PLACEHOLDER, expand, placeholder_tokenizer, render_ids
 from floe.adapters.vision.images import decode_image, image_url
 from floe.adapters.vision.model import VisionAdapter
+from floe.server.training import Progress, TrainSettings, chat_lines
 
-Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
 MAX_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 16
+class TrainConfig(TrainSettings):
     lr: float = 2e-3
     tower_lr: float = 5e-4
     train_tower: bool = False  # the trainer's default: LLM and tower frozen, the projector trains
     val_fraction: float = 0.1
     max_steps: int | None = None
     eval_limit: int = 200  # validation conversations decoded greedily at the end
-    seed: int = 0
     recipe: str = "auto"  # "distill", "end_to_end", or auto: distill when answers repeat (below)
     distill_steps: int = 200
 
@@ -82,14 +77,12 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Sample]:
     """OpenAI chat fine-tuning JSONL -> samples (images: data URLs or files under `image_root`)."""
     root = Path(image_root or Path(path).parent)
     samples = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, record in chat_lines(path):
+        messages = record["messages"]
         try:
-            messages = json.loads(line)["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{n}: expected {{\"messages\": [..., an assistant turn]}}") from exc
+            last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+        except ValueError as exc:
+            raise ValueError(f"{path}:{n}: the conversation has no assistant turn (the target)") from exc
         target = messages[last]["content"]
         if isinstance(target, list):
             target = "".join(p.get("text", "") for p in target if isinstance(p, dict))
@@ -106,8 +99,6 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Sample]:
         if not images:
             raise ValueError(f"{path}:{n}: the prompt has no image_url part")
         samples.append(Sample(prompt, images, str(target)))
-    if not samples:
-        raise ValueError(f"{path}: no conversations")
     return samples
 
 

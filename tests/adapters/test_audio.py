@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from floe.adapters.audio import ALIGNER, MANIFEST, AudioConfig, AudioKind, reference
+from floe.adapters.audio import ALIGNER, AudioConfig, AudioKind, reference
 from floe.adapters.audio import decode as audio_decode
 from floe.adapters.audio import model as audio_model
 from floe.server.config import MediaConfig
 from floe.server.engine.messages import OpenAICall
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import EngineLimits, InvalidAdapter, inspect_adapter
+from floe.server.kinds import MANIFEST, EngineLimits, InvalidAdapter, inspect_adapter
 
 KIND = AudioKind()
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from floe.adapters.vision import MANIFEST, PROJECTOR, TOWER, VisionKind
+from floe.adapters.vision import PROJECTOR, TOWER, VisionKind
 from floe.adapters.vision import model as vm
 from floe.server.config import FloeConfig
 from floe.server.engine.messages import OpenAICall
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import EngineLimits, InvalidAdapter, get_kind, inspect_adapter
+from floe.server.kinds import MANIFEST, EngineLimits, InvalidAdapter, get_kind, inspect_adapter
 from floe.server.runtime.model import base_fingerprint
 
 KIND = VisionKind()
