@@ -98,6 +98,7 @@ async function send(text) {
   if (tools) {
     body.tools = tools;
     body.tool_choice = $("chat-tool-choice").value;
+    if ($("chat-one-call").checked) body.parallel_tool_calls = false;
   }
   const shown = bubble("user", text);
   if (attachment) shown.node.append(el("div", { class: "hint" }, `+ ${attachment.label}`));
