@@ -1,0 +1,90 @@
+"""The reference of the speech tests: one spoken turn computed from the method's definition with
+plain transformers and torch (fp32, greedy, no KV cache, no streaming):
+
+    whole-utterance fbank (zero-padded to whole chunks) -> CMVN -> the encoder over all frames at
+    once with the chunk-causal attention mask -> adapter -> [opening, audio, generation prompt]
+    embeddings -> the frozen LLM re-run over the whole sequence for every token (greedy) ->
+    per phrase (punctuation or `phrase_tokens`), the predicting hidden states -> speech decoder
+    -> Griffin-Lim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from floe.adapters.audio.decode import fbank
+from floe.adapters.speech.model import vocode
+from floe.adapters.speech.session import PUNCTUATION, LoadedSpeech, chat_template
+from floe.server.runtime.model import FrozenModel
+
+
+@dataclass
+class ReferenceTurn:
+    tokens: list[int]
+    transcript: str
+    phrases: list[list[int]]
+    pcm: list[torch.Tensor]  # per phrase, float 24 kHz
+    audio_embeds: torch.Tensor
+
+
+def audio_embeddings(loaded: LoadedSpeech, pcm16k: np.ndarray) -> torch.Tensor:
+    cfg, model = loaded.cfg, loaded.model
+    feats = torch.from_numpy(fbank(pcm16k, cfg.num_mel_bins))
+    rest = (-feats.shape[0]) % cfg.chunk_frames
+    feats = torch.cat([feats, feats.new_zeros(rest, cfg.num_mel_bins)])
+    with torch.no_grad():
+        states = model.encoder.forward_full(model.normalize(feats)[None])
+        return model.adapter(states)[0]
+
+
+def reference_turn(llm: FrozenModel, loaded: LoadedSpeech, pcm16k: np.ndarray, instructions: str = "",
+                   max_tokens: int | None = None) -> ReferenceTurn:
+    cfg = loaded.cfg
+    template = chat_template(llm, instructions)
+    audio = audio_embeddings(loaded, pcm16k)
+    embed = lambda ids: llm.embed(torch.tensor(ids, dtype=torch.long))  # noqa: E731
+    with torch.no_grad():
+        seq = torch.cat([embed(template.opening), audio, embed(template.to_assistant)])
+        tokens: list[int] = []
+        states: list[torch.Tensor] = []
+        limit = min(max_tokens or cfg.max_response_tokens, cfg.max_response_tokens)
+        while len(tokens) < limit:
+            hidden = llm.decoder(inputs_embeds=seq[None], use_cache=False).last_hidden_state[0, -1]
+            token = int(llm.lm.lm_head(hidden).argmax())
+            if token in template.stop_ids:
+                break
+            tokens.append(token)
+            states.append(hidden)
+            seq = torch.cat([seq, embed([token])])
+    phrases: list[list[int]] = [[]]
+    bounds: list[list[torch.Tensor]] = [[]]
+    for token, state in zip(tokens, states):
+        phrases[-1].append(token)
+        bounds[-1].append(state)
+        piece = llm.tokenizer.decode([token])
+        if any(c in PUNCTUATION for c in piece) or len(phrases[-1]) >= cfg.phrase_tokens:
+            phrases.append([])
+            bounds.append([])
+    kept = [(p, b) for p, b in zip(phrases, bounds) if p]
+    pcm = [vocode(loaded.model, torch.stack(b)) for _, b in kept]
+    return ReferenceTurn(tokens, llm.tokenizer.decode(tokens, skip_special_tokens=True), [p for p, _ in kept],
+                         pcm, audio)
+
+
+def run_turn(llm: FrozenModel, loaded: LoadedSpeech, state: Any, pcm16k: np.ndarray,
+             max_steps: int = 400) -> list[dict[str, Any]]:
+    """Drive one session through a spoken turn with `session.step` alone (no server)."""
+    from floe.adapters.speech.session import Audio, Commit, Respond, step
+
+    ops: list[Any] = [Audio(pcm16k), Commit(), Respond()]
+    events: list[dict[str, Any]] = []
+    for _ in range(max_steps):
+        events.extend(step(llm, [(loaded, state, ops)])[0])
+        ops = []
+        if any(e["type"] == "done" for e in events):
+            return events
+    raise AssertionError("the turn did not finish")
