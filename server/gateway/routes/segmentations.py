@@ -1,0 +1,31 @@
+"""POST /v1/segmentations: phrase-grounded masks from a grounding adapter (F-LMM) on the FrozenRuntime."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from floe.server.gateway.body import read_json_object
+from floe.server.gateway.families import Family, GatewayContext
+from floe.server.gateway.state import api_auth, service
+from floe.server.schemas.common import parse
+from floe.server.schemas.segmentations import SegmentationRequest
+from floe.server.services.segmentations import SegmentationService
+
+router = APIRouter(dependencies=[Depends(api_auth)])
+
+
+def _build(ctx: GatewayContext) -> SegmentationService | None:
+    if ctx.handle("runtime") is None:
+        return None
+    return SegmentationService(ctx.base_name, ctx.handle("runtime"), ctx.handle("registry"), ctx.handle("engine"),
+                               ctx.config.media)
+
+
+family = Family("segmentations", router, _build, unavailable=(
+    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+
+
+@router.post("/v1/segmentations")
+async def create_segmentation(request: Request, segmentations: SegmentationService = Depends(service("segmentations"))):
+    req = parse(SegmentationRequest, await read_json_object(request))
+    return (await segmentations.segment(req)).model_dump()
