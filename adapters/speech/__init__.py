@@ -155,5 +155,10 @@ class SpeechKind(RuntimeKind):
 
         return step(backbone.llm, batch)
 
+    def busy(self, state: SessionState) -> bool:
+        from floe.adapters.speech.session import busy
+
+        return busy(state)
+
     def close(self, state: SessionState) -> None:
         state.closed = True

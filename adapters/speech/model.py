@@ -271,13 +271,15 @@ def init_embedding_scale(model: SpeechModel, rms: float) -> None:
 
 
 def write(directory: Path, model_dir: Path, *, seed: int = 0, cfg: SpeechConfig | None = None,
-          version: str = "1") -> Path:
-    """A seeded random speech adapter for the base in `model_dir` (tests, the docs, the bench)."""
+          version: str = "1", extra: dict[str, Any] | None = None) -> Path:
+    """A seeded random speech adapter for the base in `model_dir` (tests, the docs, the bench); its
+    audio embeddings have the RMS of the base's own input embedding rows."""
+    from floe.adapters.audio.model import EmbeddingRows
     from floe.server.runtime.model import base_fingerprint
 
     cfg = cfg or SpeechConfig(llm_hidden=llm_width(model_dir))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SpeechModel(cfg)
-        init_embedding_scale(model, 1.0 / math.sqrt(cfg.llm_hidden) * 8)
-    return save(directory, model, base_fingerprint(model_dir), version=version)
+        init_embedding_scale(model, EmbeddingRows(model_dir).rms())
+    return save(directory, model, base_fingerprint(model_dir), version=version, extra=extra)

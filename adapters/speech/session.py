@@ -114,6 +114,7 @@ class SessionState:
     template: Template
     fbank: Any  # kaldi_native_fbank.OnlineFbank
     max_context: int
+    chunk_frames: int
     frames_read: int = 0
     feats: list[np.ndarray] = field(default_factory=list)  # fbank frames not yet in a chunk
     enc_cache: list[torch.Tensor] | None = None  # per encoder block [C, e]
@@ -129,7 +130,9 @@ class SessionState:
     response: Response | None = None  # in progress
     closed: bool = False
     inputs: list[str] = field(default_factory=list)  # what was fed (the tests' record): "t:<id>" / "a"
+    mark: tuple[int, Any, int] = (0, None, 0)  # after the user turn's header: (length, encoder cache, offset)
     trace: list[torch.Tensor] | None = None  # set to a list: each phrase's hidden states (tests)
+    speak: bool = True  # False: text only (transcriptions)
 
 
 def new_fbank(num_mel_bins: int) -> Any:
@@ -143,10 +146,25 @@ def new_fbank(num_mel_bins: int) -> Any:
 def open_session(llm: FrozenModel, loaded: LoadedSpeech, config: SessionConfig) -> SessionState:
     template = chat_template(llm, config.instructions)
     max_context = int(getattr(llm.config, "max_position_embeddings", 2048))
-    state = SessionState(config, template, new_fbank(loaded.cfg.num_mel_bins), max_context)
+    state = SessionState(config, template, new_fbank(loaded.cfg.num_mel_bins), max_context, loaded.cfg.chunk_frames)
     _queue_tokens(llm, state, template.opening)  # it ends with the first user turn's header
     state.user_open = True
+    state.mark = (len(template.opening), None, 0)
     return state
+
+
+def busy(state: SessionState) -> bool:
+    """Work for the next tick without new input: queued embeddings, an answer being spoken or
+    waiting for its audio, audio waiting for the encoder."""
+    return bool(state.pending or state.response is not None or state.respond is not None
+                or (state.backlog and state.response is None) or len(state.feats) >= state.chunk_frames)
+
+
+def _open_user_turn(llm: FrozenModel, state: SessionState) -> None:
+    if not state.user_open:
+        _queue_tokens(llm, state, state.template.next_user)
+        state.user_open = True
+        state.mark = (state.length + sum(p.shape[0] for p in state.pending), state.enc_cache, state.enc_offset)
 
 
 def _queue_tokens(llm: FrozenModel, state: SessionState, ids: list[int]) -> None:
@@ -176,6 +194,12 @@ class Cancel:
     pass
 
 
+@dataclass(frozen=True)
+class Clear:
+    """Drop the uncommitted user audio: it was already appended to the caches, so they are cut
+    back to the user turn's header."""
+
+
 def apply(llm: FrozenModel, loaded: LoadedSpeech, state: SessionState, ops: list[Any],
           events: list[dict[str, Any]]) -> None:
     for op in ops:
@@ -188,6 +212,8 @@ def apply(llm: FrozenModel, loaded: LoadedSpeech, state: SessionState, ops: list
             limit = loaded.cfg.max_response_tokens
             want = op.max_output_tokens or state.config.max_output_tokens or limit
             state.respond = Response(max_tokens=min(want, limit))
+        elif isinstance(op, Clear):
+            _clear(state, loaded)
         elif isinstance(op, Cancel):
             if state.response is not None:
                 _finish(llm, loaded, state, events, "cancelled", "client_cancelled")
@@ -195,6 +221,22 @@ def apply(llm: FrozenModel, loaded: LoadedSpeech, state: SessionState, ops: list
                 state.respond = None
                 events.append({"type": "done", "status": "cancelled", "reason": "client_cancelled",
                                "transcript": ""})
+
+
+def _clear(state: SessionState, loaded: LoadedSpeech) -> None:
+    state.backlog.clear()
+    if state.response is not None:
+        return  # the answer's own input is not the buffer's
+    state.feats.clear()
+    state.commit = False
+    state.fbank = new_fbank(loaded.cfg.num_mel_bins)
+    state.frames_read = 0
+    length, enc_cache, enc_offset = state.mark
+    if state.user_open and state.kv is not None and state.length > length:
+        state.kv = [(k[:, :length].clone(), v[:, :length].clone()) for k, v in state.kv]
+        state.length = length
+        state.enc_cache, state.enc_offset = enc_cache, enc_offset
+        state.pending.clear()
 
 
 def _feed_audio(state: SessionState, loaded: LoadedSpeech) -> None:
@@ -240,8 +282,7 @@ def step(llm: FrozenModel, batch: list[tuple[LoadedSpeech, SessionState, list[An
         for _, state, _ in batch:
             if state.respond is not None and not state.feats and not state.backlog and state.response is None:
                 state.response, state.respond = state.respond, None
-                if not state.user_open:  # an answer with no new user audio: an empty user turn
-                    _queue_tokens(llm, state, state.template.next_user)
+                _open_user_turn(llm, state)  # an answer with no new user audio: an empty user turn
                 _queue_tokens(llm, state, state.template.to_assistant)
                 state.user_open = False
         rows = [i for i, (_, state, _) in enumerate(batch) if state.pending]
@@ -280,9 +321,7 @@ def _encode(llm: FrozenModel, batch: list[tuple[LoadedSpeech, SessionState, list
                 break
             states = [batch[i][1] for i in live]
             for state in states:
-                if not state.user_open:
-                    _queue_tokens(llm, state, state.template.next_user)
-                    state.user_open = True
+                _open_user_turn(llm, state)
             chunk = torch.from_numpy(np.stack([np.stack(s.feats[:cfg.chunk_frames]) for s in states]))
             for s in states:
                 del s.feats[:cfg.chunk_frames]
@@ -400,8 +439,8 @@ def _flush_phrase(llm: FrozenModel, loaded: LoadedSpeech, state: SessionState, e
     states = torch.stack(response.phrase_states)
     if state.trace is not None:
         state.trace.append(states)
-    pcm = vocode(loaded.model, states)
-    events.append({"type": "audio", "pcm": pcm16(pcm), "text": delta, "tokens": list(response.phrase_tokens)})
+    pcm = pcm16(vocode(loaded.model, states)) if state.speak else b""
+    events.append({"type": "audio", "pcm": pcm, "text": delta, "tokens": list(response.phrase_tokens)})
     response.phrase_tokens, response.phrase_states = [], []
 
 
@@ -421,9 +460,96 @@ def _finish(llm: FrozenModel, loaded: LoadedSpeech, state: SessionState, events:
 
 
 # -- the FrozenRuntime's audio routes ---------------------------------------------------------------
+@dataclass(frozen=True)
+class TranscriptionItem:
+    pcm: np.ndarray  # 16 kHz mono float32
+    max_tokens: int
+    instructions: str
+
+
+@dataclass(frozen=True)
+class SpeechItem:
+    ids: list[int]  # the text's tokens, read teacher-forced as the assistant's turn
+
+
 def prepare_call(backbone: Any, loaded: LoadedSpeech, request: Any) -> Any:
-    return request
+    """A TranscriptionCall (WAV / MP3 bytes) or a SpeechCall (text) -> a validated item (400s)."""
+    from floe.adapters.audio.decode import load_pcm
+    from floe.server.schemas.audio import SpeechCall, TranscriptionCall
+
+    if isinstance(request, TranscriptionCall):
+        pcm = load_pcm(request.data, request.format, "file", request.max_seconds)
+        return TranscriptionItem(pcm, loaded.cfg.max_response_tokens, request.prompt or "")
+    if isinstance(request, SpeechCall):
+        ids = backbone.llm.tokenize(request.input)
+        if not ids:
+            raise InvalidRequest("`input` has no text to speak", param="input")
+        limit = backbone.llm.config.max_position_embeddings // 2
+        if len(ids) > limit:
+            raise InvalidRequest(f"`input` is {len(ids)} tokens; at most {limit}", param="input")
+        return SpeechItem(ids)
+    raise InvalidRequest(f"the speech kind does not answer {type(request).__name__}", param="model")
 
 
 def run_calls(backbone: Any, batch: list[tuple[LoadedSpeech, Any]]) -> list[Any]:
-    raise InvalidRequest("the speech kind's audio routes are not served by this runtime", param="model")
+    """Transcriptions run as sessions of one turn, stepped together (one batched forward per token);
+    speech is one batched teacher-forced forward, then the decoder and vocoder per phrase."""
+    from floe.server.schemas.audio import SpeechResult, TranscriptionResult
+
+    llm = backbone.llm
+    results: list[Any] = [None] * len(batch)
+    sessions = []
+    for i, (loaded, item) in enumerate(batch):
+        if isinstance(item, TranscriptionItem):
+            state = open_session(llm, loaded, SessionConfig(instructions=item.instructions))
+            state.speak = False
+            sessions.append((i, loaded, state, [Audio(item.pcm), Commit(), Respond(item.max_tokens)]))
+    with torch.no_grad():
+        while sessions:
+            out = step(llm, [(loaded, state, ops) for _, loaded, state, ops in sessions])
+            still = []
+            for (i, loaded, state, _), events in zip(sessions, out):
+                done = [e for e in events if e["type"] == "done"]
+                if done:
+                    results[i] = TranscriptionResult(text=done[0]["transcript"].strip(),
+                                                     tokens=len(done[0]["tokens"]))
+                else:
+                    still.append((i, loaded, state, []))
+            sessions = still
+        speech = [i for i, (_, item) in enumerate(batch) if isinstance(item, SpeechItem)]
+        if speech:
+            for i, pcm in zip(speech, speak_texts(llm, [(batch[i][0], batch[i][1].ids) for i in speech])):
+                results[i] = SpeechResult(pcm=pcm16(pcm), sample_rate=batch[i][0].cfg.output_sample_rate)
+    return results
+
+
+def speak_texts(llm: FrozenModel, items: list[tuple[LoadedSpeech, list[int]]]) -> list[torch.Tensor]:
+    """Text -> 24 kHz PCM: the LLM reads [opening, generation prompt, text] in one batched forward;
+    the hidden state that predicts each text token drives the speech decoder, per phrase."""
+    template = chat_template(llm, "")
+    prompt = template.opening + template.to_assistant
+    seqs = [prompt + ids for _, ids in items]
+    batch = llm.pad_ids(seqs)
+    hidden = llm.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    width = batch.input_ids.shape[1]
+    out = []
+    for row, ((loaded, ids), seq) in enumerate(zip(items, seqs)):
+        start = width - len(seq) + len(prompt) - 1  # the position that predicts the first text token
+        states = hidden[row, start:start + len(ids)]
+        pcm = [vocode(loaded.model, states[a:b]) for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)]
+        out.append(torch.cat(pcm))
+    return out
+
+
+def phrases(llm: FrozenModel, ids: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) spans of `ids`: a phrase ends at punctuation or after `max_tokens` tokens."""
+    spans, start = [], 0
+    for i, token in enumerate(ids):
+        piece = llm.tokenizer.decode([token])
+        if any(c in PUNCTUATION for c in piece) or i + 1 - start >= max_tokens:
+            spans.append((start, i + 1))
+            start = i + 1
+    if start < len(ids):
+        spans.append((start, len(ids)))
+    return spans

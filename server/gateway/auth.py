@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from floe.server.config import AuthConfig
 from floe.server.errors import AuthenticationFailed, PermissionDenied
@@ -16,7 +16,7 @@ class KeyChecker:
         self._admin = auth.admin_key.get_secret_value().encode() if auth.admin_key else None
 
     @staticmethod
-    def _bearer(request: Request) -> bytes | None:
+    def _bearer(request: HTTPConnection) -> bytes | None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
@@ -31,8 +31,9 @@ class KeyChecker:
             found |= hmac.compare_digest(token, key)
         return found
 
-    def check_api(self, request: Request) -> None:
-        """Inference routes: any API key, or the admin key; open when no keys are configured."""
+    def check_api(self, request: HTTPConnection) -> None:
+        """Inference routes (a websocket's handshake too): any API key, or the admin key; open when
+        no keys are configured."""
         if not self._keys and self._admin is None:
             return
         if not self._keys and self._admin is not None:
@@ -42,7 +43,7 @@ class KeyChecker:
         if token is None or not self._matches(token, allowed):
             raise AuthenticationFailed("Incorrect or missing API key. Send `Authorization: Bearer <key>`.")
 
-    def check_admin(self, request: Request) -> None:
+    def check_admin(self, request: HTTPConnection) -> None:
         """Adapter administration: the admin key when one is set, else the API keys."""
         token = self._bearer(request)
         if self._admin is not None:
