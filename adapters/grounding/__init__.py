@@ -110,9 +110,10 @@ class GroundingKind(RuntimeKind):
             raise InvalidAdapter(f"{VISION}/ was made for another base than this grounding adapter",
                                  param="source")
         tokens = int(seen.details.get("tokens_per_image") or 0)
-        if cfg.grid[0] * cfg.grid[1] != tokens:
-            raise InvalidAdapter(f"grid {list(cfg.grid)} does not fit the vision adapter's {tokens} image tokens",
-                                 param="source")
+        side = int(seen.details.get("image_input_size") or 0) // int(seen.details.get("patch_size") or 1)
+        if cfg.grid != (side, side) or tokens != side * side:
+            raise InvalidAdapter(f"grid {list(cfg.grid)} does not fit the vision adapter's {tokens} image tokens "
+                                 f"({side} x {side} patches)", param="source")
         self.require_files(directory, HEAD)
         shape = safetensors_shapes(directory / HEAD).get(HEAD_INPUT)
         if not shape or len(shape) != 4 or shape[1] != cfg.attention_channels:
