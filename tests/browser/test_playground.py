@@ -215,6 +215,8 @@ def _png(path: Path) -> Path:
 
 
 def test_chat_sends_an_attached_image_and_audio(tab, openai_client, tmp_path):
+    from playwright.sync_api import expect
+
     from floe.adapters.audio.decode import wav_bytes
 
     page = tab.page
@@ -233,7 +235,7 @@ def test_chat_sends_an_attached_image_and_audio(tab, openai_client, tmp_path):
         page.click("#chat-clear")
         page.select_option("#chat-model", model)
         page.set_input_files("#chat-file", str(path))
-        page.wait_for_function("document.getElementById('chat-attachment').textContent !== ''")
+        expect(page.locator("#chat-attachment")).to_contain_text(path.name)
         _send(page, text, 8)
         shown = _answer(page).locator(".text").text_content()
         reply = openai_client.chat.completions.create(
@@ -311,7 +313,7 @@ def test_forecast_plot_draws_history_and_the_served_forecast(tab, admin, shots):
     from playwright.sync_api import expect
 
     page, live = tab.page, tab.live
-    source = live.timeseries_adapter("pg-forecaster")
+    source = live.timeseries_adapter("my-forecaster")  # the directory the docs test registers too: trained once
     assert admin.post("/v1/adapters", json={"name": "pg-forecaster", "source": str(source)}).status_code in (200, 201)
     tab.open("forecast")
     a, b = seasonal(36), seasonal(36, phase=1.0, level=20.0)

@@ -17,8 +17,8 @@ function problem(exc) {
   return describe(exc);
 }
 
-export async function listAdapters() {
-  showError($("ad-error"), null);
+export async function listAdapters(clear = true) {
+  if (clear) showError($("ad-error"), null);
   try {
     const data = await json("v1/adapters", { admin: true });
     $("ad-admin-key").classList.remove("wanted");
@@ -47,7 +47,7 @@ async function removeAdapter(name, button) {
     showError($("ad-error"), problem(exc));
     $("ad-status").textContent = "";
   }
-  await listAdapters();
+  await listAdapters(false);
   refreshModels().catch(() => {});
 }
 
@@ -68,7 +68,7 @@ async function register() {
   } finally {
     $("ad-add").disabled = false;
   }
-  await listAdapters();
+  await listAdapters(false);
   refreshModels().catch(() => {});
 }
 
@@ -79,7 +79,7 @@ export function initAdapters() {
     keys.admin = $("ad-admin-key").value.trim();
     listAdapters();
   });
-  $("ad-refresh").addEventListener("click", listAdapters);
+  $("ad-refresh").addEventListener("click", () => listAdapters());
   $("ad-form").addEventListener("submit", (event) => { event.preventDefault(); register(); });
   window.addEventListener("hashchange", () => { if (location.hash === "#adapters") listAdapters(); });
   if (location.hash === "#adapters") listAdapters();

@@ -90,7 +90,9 @@ export function plot(svg, { names, channels }, forecasts) {
       node("path", { d: line(points), stroke: colour, class: "forecast",
         "data-channel": c, "data-values": JSON.stringify(f.values) }, svg);
     }
-    node("text", { x: BOX.left + 8 + 110 * c, y: BOX.top + 12, fill: colour, class: "legend" }, svg).textContent = names[c];
+    const label = node("text", { x: BOX.left + 8 + 110 * c, y: BOX.top + 12, class: "legend" }, svg);
+    label.textContent = names[c];
+    label.style.fill = colour; // over the stylesheet's text colour
   });
 }
 

@@ -10,14 +10,26 @@ export const PALETTE = [
   [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
 ];
 
+const MIN_SIDE = 512; // small images are shown enlarged (whole pixels, no smoothing)
+
 let image = null; // {url, element}
+
+/** Whole-number enlargement of an image so its longer side reaches MIN_SIDE. */
+export function displayScale(width, height) {
+  return Math.max(1, Math.floor(MIN_SIDE / Math.max(width, height)));
+}
 
 function drawImage() {
   const canvas = $("seg-image");
   const overlay = $("seg-overlay");
-  canvas.width = overlay.width = image.element.naturalWidth;
-  canvas.height = overlay.height = image.element.naturalHeight;
-  canvas.getContext("2d").drawImage(image.element, 0, 0);
+  const { naturalWidth: w, naturalHeight: h } = image.element;
+  const scale = displayScale(w, h);
+  canvas.width = overlay.width = w * scale;
+  canvas.height = overlay.height = h * scale;
+  overlay.dataset.scale = String(scale);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(image.element, 0, 0, canvas.width, canvas.height);
   overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
 }
 
@@ -35,14 +47,14 @@ export function paintSegment(ctx, segment, colour) {
   const off = new OffscreenCanvas(w, h);
   off.getContext("2d").putImageData(layer, 0, 0);
   ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(off, 0, 0, ctx.canvas.width, ctx.canvas.height); // masks are in image pixels: sx = sy = 1
+  ctx.drawImage(off, 0, 0, ctx.canvas.width, ctx.canvas.height); // mask pixels -> display pixels
   const css = `rgb(${colour.join(",")})`;
   const [x0, y0, x1, y1] = segment.box;
   ctx.strokeStyle = css;
-  ctx.lineWidth = Math.max(1, Math.round(ctx.canvas.width / 300));
+  ctx.lineWidth = 2;
   ctx.strokeRect(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy);
   const label = `${segment.phrase} ${segment.score.toFixed(2)}`;
-  const size = Math.max(10, Math.round(ctx.canvas.width / 40));
+  const size = 14;
   ctx.font = `${size}px sans-serif`;
   const tw = ctx.measureText(label).width + 6;
   const ly = Math.max(0, y0 * sy - size - 4);
@@ -51,6 +63,12 @@ export function paintSegment(ctx, segment, colour) {
   ctx.fillStyle = "#fff";
   ctx.fillText(label, x0 * sx + 3, ly + size);
   return mask;
+}
+
+function swatch(colour) {
+  const node = el("span", { class: "swatch" });
+  node.style.background = `rgb(${colour.join(",")})`; // CSSOM: the page's policy allows no inline style
+  return node;
 }
 
 async function run() {
@@ -73,7 +91,7 @@ async function run() {
       const colour = PALETTE[i % PALETTE.length];
       paintSegment(ctx, segment, colour);
       legend.append(el("li", { dataset: { colour: colour.join(","), phrase: segment.phrase } },
-        el("span", { class: "swatch", style: `background: rgb(${colour.join(",")})` }),
+        swatch(colour),
         `${segment.phrase} — score ${segment.score.toFixed(3)}, box [${segment.box.map((v) => Math.round(v)).join(", ")}]`));
     });
     if (!out.segments.length) legend.append(el("li", {}, "no segments"));
