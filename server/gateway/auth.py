@@ -9,6 +9,10 @@ from starlette.requests import HTTPConnection
 from floe.server.config import AuthConfig
 from floe.server.errors import AuthenticationFailed, PermissionDenied
 
+# Browsers cannot set headers on a websocket: OpenAI's browser SDK offers the key as this
+# subprotocol, beside `realtime`.
+WS_KEY_PROTOCOL = "openai-insecure-api-key."
+
 
 class KeyChecker:
     def __init__(self, auth: AuthConfig) -> None:
@@ -21,7 +25,17 @@ class KeyChecker:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip().encode()
+        if request.scope.get("type") == "websocket":
+            for protocol in request.scope.get("subprotocols", ()):
+                if protocol.startswith(WS_KEY_PROTOCOL) and protocol[len(WS_KEY_PROTOCOL):]:
+                    return protocol[len(WS_KEY_PROTOCOL):].encode()
         return None
+
+    @staticmethod
+    def ws_subprotocol(websocket: HTTPConnection) -> str | None:
+        """The subprotocol a websocket accepts: `realtime` when offered (a browser that sends its key
+        as a subprotocol fails any handshake that chooses none)."""
+        return "realtime" if "realtime" in websocket.scope.get("subprotocols", ()) else None
 
     @staticmethod
     def _matches(token: bytes, keys: list[bytes]) -> bool:

@@ -67,7 +67,7 @@ class RealtimeService:
         self._sessions, self._registry = sessions, registry
 
     async def serve(self, ws: Any, model: str | None, keys: Any) -> None:
-        await ws.accept()
+        await ws.accept(subprotocol=keys.ws_subprotocol(ws))
         conn = Connection(self, ws)
         try:
             keys.check_api(ws)

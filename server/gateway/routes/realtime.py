@@ -34,7 +34,7 @@ async def realtime(websocket: WebSocket) -> None:
     try:
         service: RealtimeService = state.service("realtime")
     except FloeError as exc:
-        await websocket.accept()
+        await websocket.accept(subprotocol=state.keys.ws_subprotocol(websocket))
         await websocket.send_json({"type": "error", "event_id": "event_unavailable", "error": {
             "type": exc.type, "code": exc.code, "message": exc.message, "param": None, "event_id": None}})
         await websocket.close(1000)
