@@ -170,6 +170,25 @@ def test_the_page_asks_for_the_key_and_groups_models_by_kind(tab, shots):
     assert sorted(v for _, values in groups for v in values) == chat
 
 
+def test_every_tab_renders_with_its_pickers(tab, shots):
+    from playwright.sync_api import expect
+
+    page = tab.page
+    tab.open("chat")
+    for name, picker in (("segment", "seg-model"), ("forecast", "fc-model"), ("realtime", "rt-model"),
+                         ("adapters", None), ("chat", "chat-model")):
+        page.click(f"#tabs button[data-tab='{name}']")
+        expect(page.locator(f"#tab-{name}")).to_be_visible()
+        expect(page.locator(f"#tabs button[data-tab='{name}']")).to_have_class("active")
+        assert page.locator("main > section:visible").count() == 1
+        if picker:  # a picker with nothing to pick says so, and is disabled
+            options = page.locator(f"#{picker} option")
+            assert options.count() >= 1
+            if options.first.get_attribute("value") == "":
+                assert "no model serves" in options.first.text_content() and page.locator(f"#{picker}").is_disabled()
+        tab.shot(shots, f"tab-{name}")
+
+
 # -- chat --------------------------------------------------------------------------------------
 
 def _send(page, text: str, max_tokens: int) -> None:
