@@ -119,9 +119,10 @@ def test_masks_are_coco_rle_at_the_picture_size(backbone, loaded):
     assert mask.shape == (50, 50) and (result.width, result.height) == (50, 50)
     assert np.array_equal(mask, out.masks[0]) and result.segments[0]["box"] == box(out.masks[0])
     png = kind.finish(gm.Grounded(**{**out.__dict__, "mask_format": "png"})).segments[0]["mask"]
-    from PIL import Image
     import base64
     import io
+
+    from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(png["png"])))).astype(np.uint8), mask)
 
@@ -248,3 +249,17 @@ def test_polygon_and_uncompressed_rle_annotations_decode():
     counts.append(run)
     assert np.array_equal(ann_mask({"size": [6, 8], "counts": counts}, 6, 8), mask)
     assert np.array_equal(ann_mask(rle(mask), 6, 8), mask)
+
+
+def test_the_sdk_decodes_coco_rle_like_pycocotools():
+    from floe.client.segmentations import Segment, decode_rle as sdk_decode
+
+    rng = np.random.default_rng(0)
+    for h, w in ((1, 1), (7, 5), (64, 64), (33, 80)):
+        mask = (rng.random((h, w)) > rng.random()).astype(np.uint8)
+        mask[: h // 2, : w // 3] = 1  # long runs: multi-group and negative delta counts
+        encoded = rle(mask)
+        assert np.array_equal(sdk_decode(encoded), mask)
+        assert np.array_equal(Segment(phrase="p", score=1.0, box=box(mask), mask=encoded).to_numpy(), mask)
+    with pytest.raises(ValueError, match="pixels"):
+        sdk_decode({"size": [3, 3], "counts": rle(np.ones((2, 2), np.uint8))["counts"]})

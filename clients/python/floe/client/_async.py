@@ -12,6 +12,7 @@ from floe.client import _calls as calls
 from floe.client import types as t
 from floe.client._core import Call, ClientOptions, Resource, after_attempt, openai_client
 from floe.client.errors import APIConnectionError, APITimeoutError
+from floe.client.segmentations import AsyncSegmentations
 
 T = TypeVar("T")
 
@@ -36,6 +37,7 @@ class AsyncFloe:
         self.adapters = Adapters(self)
         self.embeddings = Embeddings(self)
         self.forecasts = Forecasts(self)
+        self.segmentations = AsyncSegmentations(self)
         self.retrieval = Retrieval(self)
 
     # --- plumbing --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from floe.client import _calls as calls
 from floe.client import types as t
 from floe.client._core import Call, ClientOptions, Resource, after_attempt, openai_client
 from floe.client.errors import APIConnectionError, APITimeoutError
+from floe.client.segmentations import Segmentations
 
 T = TypeVar("T")
 
@@ -35,6 +36,7 @@ class Floe:
         self.adapters = Adapters(self)
         self.embeddings = Embeddings(self)
         self.forecasts = Forecasts(self)
+        self.segmentations = Segmentations(self)
         self.retrieval = Retrieval(self)
 
     # --- plumbing --------------------------------------------------------------------------
