@@ -21,7 +21,10 @@ entry-point group, so nothing in floe names a kind. ARCHITECTURE.md, "Adding an 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import struct
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +35,7 @@ from typing import Any, ClassVar, Literal, Self
 from floe.server.errors import InvalidRequest
 
 MANIFEST = "floe_adapter.json"
+MAX_SAFETENSORS_HEADER = 64 * 2**20
 ENTRY_POINTS = "floe.adapters"
 
 EngineName = Literal["llm", "runtime"]
@@ -78,6 +82,21 @@ class KindConfig:
     def public(self) -> dict[str, Any]:
         out = asdict(self)  # type: ignore[call-overload]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from a safetensors file's header (torch-free: an 8-byte length, then
+    JSON), for a kind's `manifest`; a file that is not safetensors is a 400 naming it."""
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > MAX_SAFETENSORS_HEADER:
+                raise ValueError("header too large")
+            header = json.loads(fh.read(length))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapter(f"{Path(path).name} is not a safetensors file (unreadable header: {exc})",
+                             param="source") from exc
 
 
 class AdapterKind:
@@ -187,6 +206,25 @@ class LLMKind(AdapterKind):
     def rewrite_response(self, loaded: Any, call: Any,
                          frames: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return frames
+
+
+class SoftTokenKind(LLMKind):
+    """An llm kind that brings media into chat as soft tokens (images, audio): its `embed`
+    returns the messages with every content part of an `accepts` type replaced by a
+    `{"type": "prompt_embeds"}` part, which vLLM splices in at the part's place. It runs in a
+    thread of the replica, so other requests keep streaming; a bad part is a 400 from there.
+    The adapter is no LoRA: the request is renamed to the base (`loaded.served_name`)."""
+
+    serves: ClassVar[tuple[str, ...]] = ("chat",)
+
+    def embed(self, loaded: Any, messages: list[Any]) -> list[Any]:
+        raise NotImplementedError  # abstract
+
+    async def rewrite_request(self, loaded: Any, call: Any) -> Any:
+        body = {**call.body, "model": loaded.served_name}
+        if call.route == "chat" and isinstance(body.get("messages"), list):
+            body["messages"] = await asyncio.to_thread(self.embed, loaded, body["messages"])
+        return dataclasses.replace(call, body=body)
 
 
 def group_by_adapter(batch: Sequence[tuple[Any, Any]]) -> list[list[int]]:

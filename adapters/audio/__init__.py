@@ -44,19 +44,15 @@ This module is torch-free (manifest, config); `decode.py` turns bytes into fbank
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-import struct
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, LLMKind, register_kind
+from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, SoftTokenKind, register_kind, safetensors_shapes
 
 if TYPE_CHECKING:
     from floe.adapters.audio.model import LoadedAudio
     from floe.server.engine.llm_server import LLMBackbone
-    from floe.server.engine.messages import OpenAICall
     from floe.server.kinds import AdapterInfo, EngineLimits
 
 KIND = "audio"
@@ -94,19 +90,6 @@ class AudioConfig(KindConfig):
 
 
 
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from a safetensors header (stdlib only: 8-byte length, JSON)."""
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(fh.read(length))
-        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise InvalidAdapter(f"{path.name} is not a safetensors file ({exc})", param="source") from exc
-
-
 def expected_shapes(cfg: AudioConfig) -> dict[str, dict[str, list[int]]]:
     """The tensors `manifest` checks (every one `model.py` needs to build the nets has its shape)."""
     e, q, d = cfg.encoder_dim, cfg.qformer_dim, cfg.llm_hidden
@@ -119,19 +102,9 @@ def expected_shapes(cfg: AudioConfig) -> dict[str, dict[str, list[int]]]:
     }
 
 
-def has_audio_parts(body: dict[str, Any]) -> bool:
-    for message in body.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "input_audio"
-                                             for p in content):
-            return True
-    return False
-
-
 @register_kind
-class AudioKind(LLMKind):
+class AudioKind(SoftTokenKind):
     name = KIND
-    serves = ("chat",)
     accepts = ("input_audio",)
     trainer = "floe.adapters.audio.cli:train_audio"
     demo = "floe.adapters.audio.demo:build"
@@ -163,12 +136,8 @@ class AudioKind(LLMKind):
         loaded.served_name = backbone.served_name
         return loaded
 
-    async def rewrite_request(self, loaded: LoadedAudio, call: OpenAICall) -> OpenAICall:
-        """Every `input_audio` part -> a `prompt_embeds` part at the same place (400 on bad audio);
-        the request then names the base, which vLLM serves (an audio adapter is no LoRA)."""
-        body = {**call.body, "model": loaded.served_name}
-        if call.route == "chat" and has_audio_parts(call.body):
-            from floe.adapters.audio.model import rewrite_body
+    def embed(self, loaded: LoadedAudio, messages: list[Any]) -> list[Any]:
+        """Every `input_audio` part -> a `prompt_embeds` part at the same place (400 on bad audio)."""
+        from floe.adapters.audio.model import embed_messages
 
-            body = await asyncio.to_thread(rewrite_body, loaded, body)
-        return dataclasses.replace(call, body=body)
+        return embed_messages(loaded, messages)

@@ -332,9 +332,9 @@ def instruction_of(content: list[Any]) -> str:
                      if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
 
 
-def audio_parts(body: dict[str, Any]) -> list[tuple[int, int]]:
+def audio_parts(messages: list[Any]) -> list[tuple[int, int]]:
     out = []
-    for i, message in enumerate(body.get("messages") or []):
+    for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             out += [(i, j) for j, p in enumerate(content) if isinstance(p, dict) and p.get("type") == "input_audio"]
@@ -354,13 +354,15 @@ def clip_pcm(part: Any, param: str, max_bytes: int, max_audio_s: float) -> np.nd
     return load_pcm(data, fmt, param, max_audio_s)
 
 
-def rewrite_body(loaded: LoadedAudio, body: dict[str, Any]) -> dict[str, Any]:
-    """A chat body with every `input_audio` part replaced, in place, by its `prompt_embeds` part."""
-    parts = audio_parts(body)
+def embed_messages(loaded: LoadedAudio, messages: list[Any]) -> list[Any]:
+    """A copy of chat `messages` with every `input_audio` part replaced by its `prompt_embeds` part."""
+    parts = audio_parts(messages)
+    if not parts:
+        return messages
     if len(parts) > loaded.max_parts:
         raise InvalidRequest(f"{len(parts)} audio parts; at most {loaded.max_parts} per request "
                              "(media.max_parts)", param="messages", code="too_many_media_parts")
-    messages = list(body["messages"])
+    messages = list(messages)
     for i in sorted({i for i, _ in parts}):
         content = list(messages[i]["content"])
         instruction = instruction_of(content)
@@ -370,7 +372,7 @@ def rewrite_body(loaded: LoadedAudio, body: dict[str, Any]) -> dict[str, Any]:
                 pcm = clip_pcm(part, param, loaded.max_bytes, loaded.max_audio_s)
                 content[j] = {"type": "prompt_embeds", "data": encode_tensor(loaded.tokens(pcm, instruction))}
         messages[i] = {**messages[i], "content": content}
-    return {**body, "messages": messages}
+    return messages
 
 
 def reference_tokens(model_dir: Path, adapter: Path | LoadedAudio, messages: list[dict[str, Any]],

@@ -21,14 +21,12 @@ An adapter directory:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import InvalidAdapter, KindConfig, LLMKind, register_kind
+from floe.server.kinds import InvalidAdapter, KindConfig, SoftTokenKind, register_kind, safetensors_shapes
 
 if TYPE_CHECKING:
     from floe.adapters.vision.model import VisionAdapter
@@ -41,7 +39,6 @@ PROJECTOR = "projector.safetensors"
 # token 0 whatever it is (what LlavaForConditionalGeneration's "default" does, also to CLS-less towers)
 SELECT_STRATEGIES = ("default", "full", "drop_first")
 PROJECTOR_KEYS = ("linear_1.weight", "linear_2.weight")
-_MAX_HEADER = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -80,19 +77,6 @@ class VisionConfig(KindConfig):
 
 
 
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape, from a safetensors header (torch-free)."""
-    try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if size > _MAX_HEADER:
-                raise ValueError("header too large")
-            header = json.loads(fh.read(size))
-        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise InvalidAdapter(f"{path.name} is not a readable safetensors file: {exc}", param="source") from exc
-
-
 def tower_geometry(tower_cfg: dict[str, Any]) -> tuple[int, int, int, int]:
     """(hidden_size, num_hidden_layers, image_size, patch_size) of a tower's config.json."""
     cfg = tower_cfg.get("vision_config") or tower_cfg  # a full CLIP / SigLIP config nests it
@@ -104,7 +88,7 @@ def tower_geometry(tower_cfg: dict[str, Any]) -> tuple[int, int, int, int]:
 
 
 def read_processor(directory: Path) -> dict[str, Any] | None:
-    return LLMKind.read_json(directory, f"{TOWER}/preprocessor_config.json")
+    return SoftTokenKind.read_json(directory, f"{TOWER}/preprocessor_config.json")
 
 
 def processed_size(processor: dict[str, Any] | None, cfg: VisionConfig, tower_image_size: int) -> int:
@@ -124,9 +108,8 @@ def processed_size(processor: dict[str, Any] | None, cfg: VisionConfig, tower_im
 
 
 @register_kind
-class VisionKind(LLMKind):
+class VisionKind(SoftTokenKind):
     name = KIND
-    serves = ("chat",)
     accepts = ("image_url",)
     trainer = "floe.adapters.vision.cli:train_vision"
     demo = "floe.adapters.vision.demo:build"
@@ -180,13 +163,8 @@ class VisionKind(LLMKind):
 
         return await asyncio.to_thread(load_for_backbone, Path(directory), backbone)
 
-    async def rewrite_request(self, loaded: VisionAdapter, call: Any) -> Any:
-        """Every `image_url` part -> a `prompt_embeds` part ([n_patches, d_llm] float32); the
-        request then names the base model, which vLLM serves (a vision adapter is no LoRA)."""
-        body = dict(call.body)
-        body["model"] = loaded.served_name
-        if call.route == "chat" and isinstance(body.get("messages"), list):
-            from floe.adapters.vision.model import embed_messages
+    def embed(self, loaded: VisionAdapter, messages: list[Any]) -> list[Any]:
+        """Every `image_url` part -> a `prompt_embeds` part ([n_patches, d_llm] float32)."""
+        from floe.adapters.vision.model import embed_messages
 
-            body["messages"] = await asyncio.to_thread(embed_messages, loaded, body["messages"])
-        return dataclasses.replace(call, body=body)
+        return embed_messages(loaded, messages)

@@ -217,7 +217,7 @@ def test_reference_sequence_places_the_clips_in_the_turn(loaded, tiny_dir):
     a, b = wav(tone(440.0, 0.4, 22050), 22050), wav(tone(880.0, 0.6, 8000, 2), 8000)
     body = _body(a, b)
     embeds, ids = audio_model.reference_inputs_embeds(tiny_dir, loaded, body["messages"])
-    rewritten = audio_model.rewrite_body(loaded, body)["messages"]
+    rewritten = audio_model.embed_messages(loaded, body["messages"])
     embeds2, ids2 = audio_model.reference_inputs_embeds(tiny_dir, loaded, rewritten)
     assert ids == ids2
     torch.testing.assert_close(embeds, embeds2, atol=0, rtol=0)
@@ -241,7 +241,7 @@ def test_reference_equals_the_sequence_vllms_own_renderer_builds(loaded, tiny_di
     from vllm.renderers.registry import renderer_from_config
 
     body = _body(wav(tone(500.0, 0.3, 16000), 16000), wav(tone(700.0, 0.3, 16000), 16000))
-    rewritten = audio_model.rewrite_body(loaded, body)["messages"]
+    rewritten = audio_model.embed_messages(loaded, body["messages"])
     # NOTE: dtype "auto" is bfloat16 on this CPU; the fp32 reference needs an fp32 engine.
     config = ModelConfig(model=str(tiny_dir), enable_prompt_embeds=True, dtype="float32")
     renderer = renderer_from_config(VllmConfig(model_config=config))
@@ -295,11 +295,11 @@ def test_too_many_audio_parts_and_too_large_media(loaded):
     clip = wav(tone(300, 0.1, 16000), 16000)
     body = {"messages": [{"role": "user", "content": [part(clip)] * 4}]}
     with pytest.raises(InvalidRequest) as err:
-        audio_model.rewrite_body(loaded, body)
+        audio_model.embed_messages(loaded, body["messages"])
     assert (err.value.param, err.value.code) == ("messages", "too_many_media_parts")
     small = audio_model.LoadedAudio(loaded.model, loaded.tokenizer, loaded.rows, 100, 5.0, 3)
     with pytest.raises(InvalidRequest) as err:
-        audio_model.rewrite_body(small, {"messages": [{"role": "user", "content": [part(clip)]}]})
+        audio_model.embed_messages(small, [{"role": "user", "content": [part(clip)]}])
     assert (err.value.param, err.value.code) == ("messages[0].content[0].input_audio.data", "media_too_large")
 
 
