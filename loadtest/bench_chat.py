@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from stats import pct, tree_rss
+from stats import pct, token_arrived, tree_rss
 
 PROMPT = ("You are a helpful assistant. Summarise the following notes about the harbour, the "
           "weather, the boats and the people who work there, in a few sentences: ")
@@ -68,12 +68,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, max_token
                 run.tokens += chunk["usage"]["completion_tokens"]
             if not chunk.get("choices") or not chunk["choices"][0]["delta"].get("content"):
                 continue
-            now = time.perf_counter()
-            if last is None:
-                run.ttft.append(now - start)
-            else:
-                run.itl.append(now - last)
-            last = now
+            last = token_arrived(start, last, run.ttft, run.itl)
 
 
 async def drive(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> Run:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from stats import pct, tree_rss
+from stats import pct, token_arrived, tree_rss
 
 
 @dataclass
@@ -66,12 +66,7 @@ async def one_chat(client: httpx.AsyncClient, args: argparse.Namespace, tally: T
                 if "error" in json.loads(payload):
                     tally.fail("error event")
                     return 0.0
-                now = time.perf_counter()
-                if last is None:
-                    tally.ttft.append(now - start)
-                else:
-                    tally.itl.append(now - last)
-                last = now
+                last = token_arrived(start, last, tally.ttft, tally.itl)
             if done:
                 tally.completed += 1
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psutil
 
 
@@ -29,3 +31,14 @@ def tree_rss(pid: int | None) -> int:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def token_arrived(start: float, last: float | None, ttft: list[float], itl: list[float]) -> float:
+    """Record one streamed token: time to first token for the first, inter-token latency after.
+    Returns the arrival time, the next call's `last`."""
+    now = time.perf_counter()
+    if last is None:
+        ttft.append(now - start)
+    else:
+        itl.append(now - last)
+    return now
