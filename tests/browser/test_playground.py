@@ -97,6 +97,14 @@ class Tab:
         return path
 
 
+def _until(condition, timeout_s: float = WAIT_MS / 1000) -> None:
+    """Poll a condition on the page (the page's policy allows no eval, so no wait_for_function)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the page did not get there in time"
+        time.sleep(0.2)
+
+
 def _http_status(text: str) -> bool:
     # Chromium logs each 4xx / 5xx answer to the console; the tests provoke some on purpose.
     return text.startswith("Failed to load resource: the server responded with a status of")
@@ -364,6 +372,99 @@ def test_forecast_plot_draws_history_and_the_served_forecast(tab, admin, shots):
     page.click("#fc-run")
     expect(page.locator("#fc-error")).to_contain_text("row 3")
     admin.delete("/v1/adapters/pg-forecaster")
+
+
+# -- segmentation and realtime (the grounding and speech demos of the default serve) ---------------
+
+def test_segmentation_overlay_draws_each_mask_in_its_colour(tab, shots, tmp_path):
+    import random
+
+    from playwright.sync_api import expect
+    from pycocotools import mask as coco
+
+    from floe.adapters.grounding.demo import scene
+
+    page, live = tab.page, tab.live
+    img, objects = scene(random.Random(2024))
+    path = tmp_path / "scene.png"
+    img.save(path)
+    phrases = [sentences[0] for _, sentences in objects[:2]]
+    tab.open("segment")
+    expect(page.locator("#seg-model option[value='demo-grounding']")).to_have_count(1)
+    page.select_option("#seg-model", "demo-grounding")
+    page.set_input_files("#seg-file", str(path))
+    expect(page.locator("#seg-image")).not_to_have_attribute("width", "1")
+    page.fill("#seg-text", ", ".join(phrases))
+    page.click("#seg-run")
+    expect(page.locator("#seg-overlay")).to_have_attribute("data-segments", str(len(phrases)))
+    served = httpx.post(f"{live.url}/v1/segmentations", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300,
+                        json={"model": "demo-grounding", "phrases": phrases,
+                              "image": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}).json()
+    overlay = page.evaluate("""() => {
+        const c = document.getElementById('seg-overlay');
+        return {w: c.width, h: c.height, scale: Number(c.dataset.scale),
+                data: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)};
+    }""")
+    scale = overlay["scale"]
+    pixels = np.asarray(overlay["data"], np.uint8).reshape(overlay["h"], overlay["w"], 4)
+    legend = page.eval_on_selector_all("#seg-legend li", "ls => ls.map(l => l.dataset.colour.split(',').map(Number))")
+    masks = [coco.decode({"size": s["mask"]["size"], "counts": s["mask"]["counts"].encode()})
+             for s in served["segments"]]
+    # what each segment's box outline and label may cover: its box edges and a band above it
+    furniture = np.zeros(pixels.shape[:2], bool)
+    for s in served["segments"]:
+        x0, y0, x1, y1 = (int(round(v * scale)) for v in s["box"])
+        furniture[max(0, y0 - 3):y0 + 3, max(0, x0 - 3):x1 + 3] = True
+        furniture[max(0, y1 - 3):y1 + 3, max(0, x0 - 3):x1 + 3] = True
+        furniture[max(0, y0 - 3):y1 + 3, max(0, x0 - 3):x0 + 3] = True
+        furniture[max(0, y0 - 3):y1 + 3, max(0, x1 - 3):x1 + 3] = True
+        top = max(0, y0 * 1 - 18)
+        furniture[top:top + 20, max(0, x0 - 3):x0 + 220] = True
+    centres = (np.arange(masks[0].shape[0]) * scale + scale // 2, np.arange(masks[0].shape[1]) * scale + scale // 2)
+    shown = pixels[np.ix_(*centres)]          # one display pixel per image pixel: [h, w, 4]
+    free = ~furniture[np.ix_(*centres)]
+    covered = np.zeros(masks[0].shape, bool)
+    for i in reversed(range(len(masks))):     # later masks are drawn over earlier ones
+        own = masks[i].astype(bool) & ~covered & free
+        covered |= masks[i].astype(bool)
+        assert own.sum() > 20, (i, own.sum())
+        match = (shown[own][:, :3] == legend[i]).all(axis=1) & (shown[own][:, 3] == 255)
+        assert match.mean() > 0.99, (served["segments"][i]["phrase"], match.mean())
+    outside = ~covered & free
+    assert (shown[outside][:, 3] == 0).mean() > 0.99
+    tab.shot(shots, "segmentation")
+
+
+def test_realtime_with_the_fake_microphone_receives_audio(tab, shots):
+    from playwright.sync_api import expect
+
+    page = tab.page
+    sent: list[dict] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(json.loads(frame))))
+    tab.open("realtime")
+    expect(page.locator("#rt-model option[value='demo-speech']")).to_have_count(1)
+    page.select_option("#rt-model", "demo-speech")
+    page.select_option("#rt-turns", "manual")
+    page.fill("#rt-max-tokens", "12")
+    page.click("#rt-mic")
+    counts = page.locator("#rt-counts")
+    _until(lambda: int(counts.get_attribute("data-sent-bytes")) >= 2 * 24000 * 2)  # two seconds of speech
+    page.click("#rt-commit")
+    _until(lambda: int(counts.get_attribute("data-responses")) >= 1)
+    assert int(counts.get_attribute("data-audio-bytes")) > 0 and int(counts.get_attribute("data-deltas")) > 0
+    assert page.locator("#rt-error").is_hidden(), page.locator("#rt-error").text_content()
+    expect(page.locator("#rt-transcript .msg.assistant")).to_have_count(1)
+    tab.shot(shots, "realtime")
+    page.click("#rt-hangup")
+    # what the page sent is the fake microphone's 220 Hz tone as 24 kHz PCM16
+    update = next(e for e in sent if e["type"] == "session.update")
+    assert update["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    pcm = np.concatenate([np.frombuffer(base64.b64decode(e["audio"]), "<i2") for e in sent
+                          if e["type"] == "input_audio_buffer.append"]).astype(float)
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    peak = np.fft.rfftfreq(len(pcm), 1 / 24000)[spectrum.argmax()]
+    assert abs(peak - 220) < 5, peak
+    assert [e["type"] for e in sent].count("input_audio_buffer.commit") == 1
 
 
 # -- the page's decoders in the browser, against their references --------------------------------

@@ -16,6 +16,7 @@ let mic = null;      // {stream, context, node, resampler, pending: Float32Array
 let player = null;   // {context, chunks: [{source, start, duration}], next, item}
 const counts = { sentBytes: 0, audioBytes: 0, deltas: 0, responses: 0, interrupted: 0 };
 let assistantLine = null;
+let activeResponse = null; // id of the response being generated, if any
 
 function status(text) { $("rt-status").textContent = text; }
 
@@ -42,8 +43,11 @@ function sessionUpdate() {
         create_response: true, interrupt_response: true }
     : null;
   const format = { type: "audio/pcm", rate: RATE };
-  send({ type: "session.update", session: { type: "realtime", output_modalities: ["audio"],
-    audio: { input: { format, turn_detection: vad }, output: { format } } } });
+  const session = { type: "realtime", output_modalities: ["audio"],
+    audio: { input: { format, turn_detection: vad }, output: { format } } };
+  const limit = Number($("rt-max-tokens").value);
+  session.max_output_tokens = limit > 0 ? limit : "inf";
+  send({ type: "session.update", session });
   $("rt-commit").disabled = vad !== null;
 }
 
@@ -126,6 +130,7 @@ function onEvent(event) {
       $("rt-transcript").lastChild && ($("rt-transcript").lastChild.querySelector(".text").textContent = event.transcript);
       break;
     case "response.created":
+      activeResponse = event.response && event.response.id;
       assistantLine = el("div", { class: "text" });
       $("rt-transcript").append(el("div", { class: "msg assistant" }, el("div", { class: "role" }, "assistant"), assistantLine));
       status("answering");
@@ -143,6 +148,7 @@ function onEvent(event) {
       if (assistantLine) assistantLine.textContent += event.delta;
       break;
     case "response.done":
+      activeResponse = null;
       counts.responses += 1;
       showCounts();
       if (assistantLine && event.response && event.response.status !== "completed") {
@@ -218,7 +224,7 @@ async function startMic() {
     }
   };
   $("rt-mic").setAttribute("aria-pressed", "true");
-  $("rt-mic").textContent = "🎤 Mute";
+  $("rt-mic").textContent = "■ Stop microphone";
 }
 
 function stopMic() {
@@ -228,7 +234,7 @@ function stopMic() {
   mic = null;
   $("rt-level").value = 0;
   $("rt-mic").setAttribute("aria-pressed", "false");
-  $("rt-mic").textContent = "🎤 Start";
+  $("rt-mic").textContent = "● Microphone";
 }
 
 async function toggleMic() {
@@ -250,12 +256,13 @@ export function initRealtime() {
   showCounts();
   $("rt-mic").addEventListener("click", toggleMic);
   $("rt-turns").addEventListener("change", sessionUpdate);
+  $("rt-max-tokens").addEventListener("change", sessionUpdate);
   $("rt-commit").addEventListener("click", () => {
     send({ type: "input_audio_buffer.commit" });
     send({ type: "response.create" });
   });
   $("rt-interrupt").addEventListener("click", () => {
-    send({ type: "response.cancel" });
+    if (activeResponse) send({ type: "response.cancel", response_id: activeResponse });
     cutPlayback("interrupted");
   });
   $("rt-hangup").addEventListener("click", () => { stopMic(); if (ws) ws.close(1000); });
