@@ -18,7 +18,7 @@ import numpy as np
 
 SCENE_SIZE = 64
 TRAIN_SEED, VAL_SEED, TEST_SEED = 11, 12, 13
-TRAIN_SCENES, VAL_SCENES = 1200, 120
+TRAIN_SCENES, VAL_SCENES, EPOCHS = 400, 80, 10
 
 
 def scene(rng: random.Random, size: int = SCENE_SIZE) -> tuple[Any, list[tuple[np.ndarray, list[str]]]]:
@@ -105,8 +105,9 @@ def build(base_dir: Path, out: Path) -> Path:
     try:
         with tempfile.TemporaryDirectory(prefix="floe-grounding-demo-") as tmp:
             data = write_set(Path(tmp) / "scenes", TRAIN_SCENES, VAL_SCENES)
-            path, _ = train_to_dir(Path(base_dir), data, Path(out), vision_dir, "demo-vision", TrainConfig(),
-                                   extra={"training_data": f"{TRAIN_SCENES} synthetic scenes of 2-3 coloured shapes"})
+            path, _ = train_to_dir(Path(base_dir), data, Path(out), vision_dir, "demo-vision",
+                                   TrainConfig(epochs=EPOCHS),
+                                   extra={"data": f"{TRAIN_SCENES} synthetic scenes of 2-3 coloured shapes"})
     finally:
         torch.set_num_threads(threads)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from floe.server.config import MediaConfig
 
@@ -25,15 +25,20 @@ class SegmentationRequest(BaseModel):
     mask_format: Literal["rle", "png"] = Field("rle", description="COCO compressed RLE, or a PNG (base64).")
     max_tokens: int = Field(32, ge=1, le=512, description="Longest answer in `prompt` mode.")
 
+    @field_validator("phrases")
+    @classmethod
+    def _phrases(cls, phrases: list[str] | None) -> list[str] | None:
+        if phrases is not None:
+            if not phrases:
+                raise ValueError("`phrases` must hold at least one phrase")
+            if any(not p.strip() for p in phrases):
+                raise ValueError("every phrase must be a non-empty string")
+        return phrases
+
     @model_validator(mode="after")
     def _one_mode(self) -> SegmentationRequest:
         if (self.prompt is None) == (self.phrases is None):
             raise ValueError("give exactly one of `prompt` (answer, then ground its noun phrases) or `phrases`")
-        if self.phrases is not None:
-            if not self.phrases:
-                raise ValueError("`phrases` must hold at least one phrase")
-            if any(not isinstance(p, str) or not p.strip() for p in self.phrases):
-                raise ValueError("every phrase must be a non-empty string")
         return self
 
 
