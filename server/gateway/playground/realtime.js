@@ -53,12 +53,15 @@ function sessionUpdate() {
 
 // -- playback ----------------------------------------------------------------------------------
 
+function ensurePlayer() {
+  // NOTE: made in the microphone click, so the browser's autoplay policy lets it sound
+  if (!player) player = { context: new AudioContext(), chunks: [], next: 0, item: null };
+  if (player.context.state === "suspended") player.context.resume();
+  return player;
+}
+
 function play(itemId, samples) {
-  if (!player) {
-    const context = new AudioContext();
-    player = { context, chunks: [], next: 0, item: null };
-  }
-  const { context } = player;
+  const { context } = ensurePlayer();
   if (player.item !== itemId) {
     player.item = itemId;
     player.chunks = [];
@@ -240,6 +243,7 @@ function stopMic() {
 async function toggleMic() {
   showError($("rt-error"), null);
   if (mic) return stopMic();
+  ensurePlayer();
   try {
     if (!ws) await connect();
     await startMic();
