@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -396,7 +397,7 @@ def test_segmentation_overlay_draws_each_mask_in_its_colour(tab, shots, tmp_path
     expect(page.locator("#seg-image")).not_to_have_attribute("width", "1")
     page.fill("#seg-text", ", ".join(phrases))
     page.click("#seg-run")
-    expect(page.locator("#seg-overlay")).to_have_attribute("data-segments", str(len(phrases)))
+    expect(page.locator("#seg-overlay")).to_have_attribute("data-segments", re.compile(r"^\d+$"))
     served = httpx.post(f"{live.url}/v1/segmentations", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300,
                         json={"model": "demo-grounding", "phrases": phrases,
                               "image": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}).json()
@@ -410,6 +411,8 @@ def test_segmentation_overlay_draws_each_mask_in_its_colour(tab, shots, tmp_path
     legend = page.eval_on_selector_all("#seg-legend li", "ls => ls.map(l => l.dataset.colour.split(',').map(Number))")
     masks = [coco.decode({"size": s["mask"]["size"], "counts": s["mask"]["counts"].encode()})
              for s in served["segments"]]
+    assert masks and page.locator("#seg-overlay").get_attribute("data-segments") == str(len(masks))
+    assert masks[0].shape == (img.height, img.width) and len(legend) == len(masks)
     # what each segment's box outline and label may cover: its box edges and a band above it
     furniture = np.zeros(pixels.shape[:2], bool)
     for s in served["segments"]:
@@ -424,12 +427,14 @@ def test_segmentation_overlay_draws_each_mask_in_its_colour(tab, shots, tmp_path
     shown = pixels[np.ix_(*centres)]          # one display pixel per image pixel: [h, w, 4]
     free = ~furniture[np.ix_(*centres)]
     covered = np.zeros(masks[0].shape, bool)
+    checked = 0
     for i in reversed(range(len(masks))):     # later masks are drawn over earlier ones
         own = masks[i].astype(bool) & ~covered & free
         covered |= masks[i].astype(bool)
-        assert own.sum() > 20, (i, own.sum())
         match = (shown[own][:, :3] == legend[i]).all(axis=1) & (shown[own][:, 3] == 255)
-        assert match.mean() > 0.99, (served["segments"][i]["phrase"], match.mean())
+        assert match.all() if own.sum() < 100 else match.mean() > 0.99, (served["segments"][i]["phrase"], match.mean())
+        checked += int(own.sum())
+    assert checked > 50, "the served masks are (nearly) empty: nothing to check"
     outside = ~covered & free
     assert (shown[outside][:, 3] == 0).mean() > 0.99
     tab.shot(shots, "segmentation")

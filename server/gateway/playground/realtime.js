@@ -206,20 +206,22 @@ async function startMic() {
   const mute = context.createGain();
   mute.gain.value = 0; // keeps the worklet pulled without echoing the mic
   source.connect(node).connect(mute).connect(context.destination);
-  mic = { stream, context, node, resampler: new Resampler(context.sampleRate, RATE), pending: [], size: 0 };
+  const capture = { stream, context, node, resampler: new Resampler(context.sampleRate, RATE), pending: [], size: 0 };
+  mic = capture;
   node.port.onmessage = ({ data }) => {
+    if (mic !== capture) return; // a block posted after the microphone stopped
     let energy = 0;
     for (const v of data) energy += v * v;
     $("rt-level").value = Math.min(1, 4 * Math.sqrt(energy / data.length));
-    const out = mic.resampler.push(data);
-    mic.pending.push(out);
-    mic.size += out.length;
-    if (mic.size >= SEND_SAMPLES) {
-      const all = new Float32Array(mic.size);
+    const out = capture.resampler.push(data);
+    capture.pending.push(out);
+    capture.size += out.length;
+    if (capture.size >= SEND_SAMPLES) {
+      const all = new Float32Array(capture.size);
       let at = 0;
-      for (const part of mic.pending) { all.set(part, at); at += part.length; }
-      mic.pending = [];
-      mic.size = 0;
+      for (const part of capture.pending) { all.set(part, at); at += part.length; }
+      capture.pending = [];
+      capture.size = 0;
       const bytes = encodePcm(all);
       send({ type: "input_audio_buffer.append", audio: bytesToBase64(bytes) });
       counts.sentBytes += bytes.length;
