@@ -15,6 +15,30 @@ import typer
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
 
+# Options every `floe adapters train <kind>` command takes: typer reads a parameter's default as
+# its declaration, so one declaration serves every trainer.
+MODEL = typer.Option(None, "--model", help="Base model directory (default: built-in).")
+SEED = typer.Option(0, "--seed")
+BATCH_SIZE = typer.Option(16, "--batch-size", min=1)
+VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5,
+                            help="Share of the data held out for validation.")
+
+
+def data_option(help: str) -> Any:
+    return typer.Option(..., "--data", exists=True, dir_okay=False, help=help)
+
+
+def out_option(default: str) -> Any:
+    return typer.Option(Path(default), "--out", help="Adapter directory to write.")
+
+
+def epochs_option(default: int) -> Any:
+    return typer.Option(default, "--epochs", min=1)
+
+
+def lr_option(default: float) -> Any:
+    return typer.Option(default, "--lr", help="Learning rate.")
+
 
 @dataclass(frozen=True)
 class TrainSettings:

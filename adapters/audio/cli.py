@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from floe.server import training as options
+
 
 def train_audio(
-    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
-                              help="OpenAI chat fine-tuning JSONL with input_audio parts; the last message "
-                                   "of each line is the assistant's target."),
-    out: Path = typer.Option(Path("audio-adapter"), "--out", help="Adapter directory to write."),
+    data: Path = options.data_option(
+        "OpenAI chat fine-tuning JSONL with input_audio parts; the last message "
+        "of each line is the assistant's target."),
+    out: Path = options.out_option("audio-adapter"),
     encoder: Path | None = typer.Option(None, "--encoder", exists=True, file_okay=False,
                                         help="An audio adapter whose frozen encoder to reuse (e.g. the demo's); "
                                              "default: a seeded, untrained encoder."),
@@ -20,12 +22,12 @@ def train_audio(
     qformer_layers: int = typer.Option(2, "--qformer-layers", min=1),
     max_text_tokens: int = typer.Option(64, "--max-text-tokens", min=1,
                                         help="Instruction tokens the Q-Former reads."),
-    epochs: int = typer.Option(10, "--epochs", min=1),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    lr: float = typer.Option(2e-3, "--lr"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
-    model: Path | None = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
-    seed: int = typer.Option(0, "--seed"),
+    epochs: int = options.epochs_option(10),
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.lr_option(2e-3),
+    val_fraction: float = options.VAL_FRACTION,
+    model: Path | None = options.MODEL,
+    seed: int = options.SEED,
 ) -> None:
     """Fit an APT audio adapter (frozen LLM and encoder) and write a directory for `floe adapters add`."""
     import torch

@@ -6,22 +6,24 @@ from pathlib import Path
 
 import typer
 
+from floe.server import training as options
+
 
 def train_timeseries(
-    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="CSV with a header row."),
+    data: Path = options.data_option("CSV with a header row."),
     horizon: int = typer.Option(..., "--horizon", min=1, help="Steps to forecast."),
-    out: Path = typer.Option(Path("timeseries-adapter"), "--out", help="Adapter directory to write."),
+    out: Path = options.out_option("timeseries-adapter"),
     column: list[str] = typer.Option([], "--column", help="Numeric column(s) to train on (default: all)."),
     seq_len: int = typer.Option(48, "--seq-len", min=2, help="Lookback (points) the adapter reads."),
     patch_len: int = typer.Option(16, "--patch-len", min=1),
     stride: int = typer.Option(8, "--stride", min=1),
-    epochs: int = typer.Option(10, "--epochs", min=1),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    lr: float = typer.Option(1e-3, "--lr"),
+    epochs: int = options.epochs_option(10),
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.lr_option(1e-3),
     description: str = typer.Option("A univariate time series.", "--description",
                                     help="Dataset description in the prompt."),
-    model: Path | None = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
-    seed: int = typer.Option(0, "--seed"),
+    model: Path | None = options.MODEL,
+    seed: int = options.SEED,
 ) -> None:
     """Fit a Time-LLM adapter (frozen LLM) and write an adapter directory for `floe adapters add`."""
     from rich.console import Console

@@ -6,23 +6,25 @@ from pathlib import Path
 
 import typer
 
+from floe.server import training as options
+
 
 def train_vision(
-    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
-                              help="OpenAI chat fine-tuning JSONL: user turns with image_url parts, the "
-                                   "target in the last assistant turn."),
-    out: Path = typer.Option(Path("vision-adapter"), "--out", help="Adapter directory to write."),
+    data: Path = options.data_option(
+        "OpenAI chat fine-tuning JSONL: user turns with image_url parts, the "
+        "target in the last assistant turn."),
+    out: Path = options.out_option("vision-adapter"),
     tower: Path | None = typer.Option(None, "--tower", exists=True, file_okay=False,
                                       help="A Hugging Face vision model dir (CLIP / SigLIP / ViT), or a vision "
                                            "adapter whose tower to reuse (default: a seeded tiny CLIP tower)."),
     image_root: Path | None = typer.Option(None, "--image-root", exists=True, file_okay=False,
                                            help="Image files named in the data must lie under it "
                                                 "(default: the data file's folder)."),
-    epochs: int = typer.Option(10, "--epochs", min=1),
+    epochs: int = options.epochs_option(10),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    lr: float = typer.Option(3e-3, "--lr"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.lr_option(3e-3),
+    val_fraction: float = options.VAL_FRACTION,
     train_tower: bool = typer.Option(False, "--train-tower/--freeze-tower",
                                      help="Also fit the tower (the default keeps it frozen)."),
     recipe: str = typer.Option("auto", "--recipe",
@@ -30,8 +32,8 @@ def train_vision(
                                     "soft tokens per distinct answer first, then the adapter regressed onto "
                                     "them (for label-like answers); auto: distill when answers repeat."),
     distill_steps: int = typer.Option(200, "--distill-steps", min=1),
-    model: Path | None = typer.Option(None, "--model", help="Base model directory (default: built-in)."),
-    seed: int = typer.Option(0, "--seed"),
+    model: Path | None = options.MODEL,
+    seed: int = options.SEED,
 ) -> None:
     """Fit a vision adapter (frozen LLM) and write an adapter directory for `floe adapters add`."""
     from rich.console import Console
