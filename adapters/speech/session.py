@@ -279,9 +279,10 @@ def step(llm: FrozenModel, batch: list[tuple[LoadedSpeech, SessionState, list[An
             apply(llm, loaded, state, ops, out)
             _feed_audio(state, loaded)
         _encode(llm, batch, max_chunks)
-        for _, state, _ in batch:
+        for (_, state, _), out in zip(batch, events):
             if state.respond is not None and not state.feats and not state.backlog and state.response is None:
                 state.response, state.respond = state.respond, None
+                out.append({"type": "started"})
                 _open_user_turn(llm, state)  # an answer with no new user audio: an empty user turn
                 _queue_tokens(llm, state, state.template.to_assistant)
                 state.user_open = False

@@ -380,7 +380,7 @@ class Connection:
                              "item_id": self.user_item or _id("item")})
         elif kind == "committed":
             await self.committed()
-        elif kind == "responding":
+        elif kind == "started":  # the session began an answer (after VAD, or our response.create)
             if self.answer is None:
                 await self.respond()
         elif kind == "audio" and self.answer is not None:

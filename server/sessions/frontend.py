@@ -126,5 +126,4 @@ class Frontend:
                 events.append({"type": "committed"})
                 if td.create_response:
                     ops.append(Respond())
-                    events.append({"type": "responding"})
         return ops, events

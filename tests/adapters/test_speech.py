@@ -152,3 +152,41 @@ def test_an_adapter_for_another_base_is_refused(llm, tiny_dir, tmp_path):
     (directory / "floe_adapter.json").write_text(json.dumps({**manifest, "base_model": "0" * 64}))
     with pytest.raises(InvalidAdapter, match="trained for base"):
         load_for_serving(Path(directory), llm)
+
+
+def test_the_front_end_resamples_exactly_and_detects_a_spoken_turn():
+    import shutil
+    import subprocess
+
+    import soxr
+
+    from floe.server.sessions.frontend import Frontend, TurnDetection
+
+    x = (0.2 * np.random.default_rng(0).standard_normal(24000)).astype(np.float32)
+    pcm = (x * 32768).astype("<i2").tobytes()
+    manual = Frontend(None)
+    got = np.concatenate([op.pcm for i in range(0, len(pcm), 960) for op in manual.push(pcm[i:i + 960])[0]])
+    whole = soxr.resample(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768, 24000, 16000)
+    np.testing.assert_array_equal(got, whole[:len(got)])  # streaming == whole-signal resampling
+
+    assert shutil.which("espeak-ng"), "espeak-ng is installed by the Makefile"
+    wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", "hello there"], check=True,
+                         capture_output=True).stdout
+    raw = np.frombuffer(wav[44:], "<i2").astype(np.float32) / 32768  # espeak --stdout: 44-byte header, 22.05 kHz
+    speech = soxr.resample(raw, 22050, 24000)
+    silence = np.zeros(12000, np.float32)
+    signal = np.concatenate([silence, speech, silence, silence])
+    data = (signal * 32767).astype("<i2").tobytes()
+    vad = Frontend(TurnDetection(silence_duration_ms=300, prefix_padding_ms=200))
+    ops, events = [], []
+    for i in range(0, len(data), 4800):
+        o, e = vad.push(data[i:i + 4800])
+        ops += o
+        events += e
+    kinds = [e["type"] for e in events]
+    assert kinds == ["speech_started", "speech_stopped", "committed"], kinds
+    assert 300 <= events[0]["audio_start_ms"] <= 500  # 500 ms of silence first, 200 ms prefix padding
+    names = [type(op).__name__ for op in ops]
+    assert names[0] == "Cancel" and names[-2:] == ["Commit", "Respond"]  # barge-in first, then the turn
+    heard = sum(len(op.pcm) for op in ops if type(op).__name__ == "Audio")
+    assert heard >= len(speech) * 16000 / 24000 * 0.8  # the speech (and its prefix) reached the kind

@@ -156,7 +156,7 @@ def test_server_vad_answers_a_spoken_turn_on_its_own(live_server, adapter):
     assert types.index("input_audio_buffer.speech_started") < types.index("input_audio_buffer.speech_stopped") \
         < types.index("input_audio_buffer.committed") < types.index("response.created")
     started = next(e for e in events if e.type == "input_audio_buffer.speech_started")
-    assert 0 < started.audio_start_ms < 600  # 200 ms of leading silence, minus the prefix padding
+    assert 0 <= started.audio_start_ms < 600  # 200 ms of leading silence, minus the prefix padding
     assert audio_of(events) and events[-1].response.status in ("completed", "incomplete")
 
 
