@@ -18,8 +18,8 @@ expressions); in `prompt` mode the answer is the vision model's, and each phrase
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class GroundingAdapter:
     tokenizer: Any  # the base tokenizer with vLLM's `<prompt_embeds>` placeholder
     placeholder: int
     _prompts: dict[str, list[int]] = field(default_factory=dict)
+    # NOTE: prepare runs in threads; a fast tokenizer must not be entered by two at once.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         """Token ids of the chat up to the answer, the picture expanded; and where it starts."""
@@ -82,8 +84,9 @@ class GroundItem:
 
 def sequence(adapter: GroundingAdapter, prompt: str, answer: str, spans: list[tuple[int, int]]) -> Sequence:
     """The teacher-forced sequence of `answer` after `prompt`, with each span's token positions."""
-    ids, image_start = adapter.prompt_ids(prompt)
-    enc = adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+    with adapter.lock:
+        ids, image_start = adapter.prompt_ids(prompt)
+        enc = adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
     offsets, start = enc["offset_mapping"], len(ids)
     phrases = []
     for a, b in spans:
@@ -254,13 +257,8 @@ def load(directory: Path, model_dir: Path) -> GroundingAdapter:
     if vision.num_tokens != cfg.grid[0] * cfg.grid[1]:
         raise InvalidAdapter(f"the vision adapter gives {vision.num_tokens} image tokens, the grid is "
                              f"{list(cfg.grid)}", param="source")
-    tokenizer, placeholder = _tokenizer(str(model_dir))
+    tokenizer, placeholder = placeholder_tokenizer(model_dir)  # one per adapter: see GroundingAdapter.lock
     return GroundingAdapter(vision, head, cfg, manifest, tokenizer, placeholder)
-
-
-@lru_cache(maxsize=4)
-def _tokenizer(model_dir: str) -> tuple[Any, int]:
-    return placeholder_tokenizer(model_dir)
 
 
 def load_for_backbone(directory: Path, llm: Any) -> GroundingAdapter:

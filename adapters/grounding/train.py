@@ -146,7 +146,7 @@ def fit(head: MaskHead, train_set: list[Sample], val_set: list[Sample], tcfg: Tr
 
 def new_adapter(vision_dir: Path, llm: Any, tcfg: TrainConfig) -> GroundingAdapter:
     """A fresh (seeded) head on the vision adapter, for the FrozenModel `llm`."""
-    from floe.adapters.grounding.model import _tokenizer
+    from floe.adapters.vision.chat import placeholder_tokenizer
     from floe.adapters.vision.model import load as load_vision
 
     vision = load_vision(Path(vision_dir), llm.hidden_size)
@@ -158,7 +158,7 @@ def new_adapter(vision_dir: Path, llm: Any, tcfg: TrainConfig) -> GroundingAdapt
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)
         head = MaskHead(cfg.attention_channels, cfg.grid, cfg.upsample, cfg.channels)
-    tokenizer, placeholder = _tokenizer(str(llm.model_dir))
+    tokenizer, placeholder = placeholder_tokenizer(llm.model_dir)
     return GroundingAdapter(vision, head, cfg, {}, tokenizer, placeholder)
 
 
