@@ -43,6 +43,7 @@ def train_grounding(
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, channels=channels, prompt=prompt)
     with training(console) as progress:
         path, report = train_to_dir(model_dir, data, out, vision, name, tcfg, progress=progress)
-    console.print(f"adapter written to {path} (best validation mIoU {report['best_val_miou']:.3f}; union of the "
+    console.print(f"adapter written to {path} (validation mIoU {report['val_miou']:.3f} at threshold "
+                  f"{report['threshold']}; union of the "
                   f"image's objects {report['val_union_miou']:.3f}; {report['train_pairs']} training pairs)")
     print(Path(path).resolve())

@@ -5,12 +5,14 @@ maps come from the same teacher-forced pass the server runs (`model.sequence`, `
 `model.attention_maps`: the sentence is the answer to the adapter's prompt), computed once, as
 the LMM is frozen. The head then trains on them with F-LMM's loss (per-pixel binary
 cross-entropy + dice, against the mask resized to the head's resolution). Validation: the refs of
-split `val` (else a seeded tenth of the images), mIoU at image resolution after every epoch; the
-head with the best validation mIoU is kept.
+split `val` (else a seeded tenth of the images), mIoU at image resolution after every epoch (at
+threshold 0.5); the head with the best validation mIoU is kept, and its mask threshold is then
+chosen on the validation set among THRESHOLDS (`threshold`, `val_miou` in the report).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from floe.adapters.grounding.masks import miou_ciou
 from floe.adapters.grounding.model import GroundingAdapter, attention_maps, embed, sequence
 
 Progress = Any  # floe.server.training.Progress: (step, total, metrics) -> None
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,14 @@ def fit(head: MaskHead, train_set: list[Sample], val_set: list[Sample], tcfg: Tr
     return {"best_val_miou": round(best, 4), "val_miou_per_epoch": history, "steps": step}
 
 
+def calibrate(head: MaskHead, val_set: list[Sample]) -> tuple[float, float]:
+    """The mask threshold with the best validation mIoU (ties: the one nearest 0.5), and that mIoU."""
+    scores = {t: miou_ciou(list(zip(predict(head, val_set, t), [s.mask for s in val_set])))[0] for t in THRESHOLDS}
+    best = max(scores.values())
+    threshold = min((t for t, v in scores.items() if v == best), key=lambda t: abs(t - 0.5))
+    return threshold, best
+
+
 def new_adapter(vision_dir: Path, llm: Any, tcfg: TrainConfig) -> GroundingAdapter:
     """A fresh (seeded) head on the vision adapter, for the FrozenModel `llm`."""
     from floe.adapters.vision.chat import placeholder_tokenizer
@@ -185,6 +196,9 @@ def train_to_dir(model_dir: Path, data: Path, out: Path, vision_dir: Path, visio
         train_pairs = train_pairs[:tcfg.max_samples]
     train_set, val_set = extract(adapter, llm, train_pairs), extract(adapter, llm, pairs_of(val_refs))
     report = fit(adapter.head, train_set, val_set, tcfg, adapter.cfg.threshold, progress)
+    threshold, calibrated = calibrate(adapter.head, val_set)
+    adapter.cfg = dataclasses.replace(adapter.cfg, threshold=threshold)
+    report.update(threshold=threshold, val_miou=round(calibrated, 4))
     union = [np.clip(sum(r.mask for r in refs if r.image == s_ref.image), 0, 1).astype(np.uint8)
              for s_ref, _ in pairs_of(val_refs)]
     report["val_union_miou"] = round(miou_ciou(list(zip(union, [s.mask for s in val_set])))[0], 4)

@@ -208,6 +208,7 @@ def test_train_grounding_cli_on_a_tiny_refcoco_set(tiny_dir, adapter_dir, tmp_pa
 
     from floe.adapters.grounding.cli import train_grounding
     from floe.adapters.grounding.data import read
+    from floe.adapters.grounding.train import THRESHOLDS
 
     data = demo.write_set(tmp_path / "set", 16, 4, seed=5)
     refs = read(data)
@@ -224,6 +225,8 @@ def test_train_grounding_cli_on_a_tiny_refcoco_set(tiny_dir, adapter_dir, tmp_pa
     assert len(training["val_miou_per_epoch"]) == 2 and training["val_pairs"] == sum(len(r.sentences) for r in refs
                                                                                        if r.split == "val")
     assert 0.0 <= training["best_val_miou"] <= 1.0 and 0.0 < training["val_union_miou"] <= 1.0
+    assert training["threshold"] in THRESHOLDS and info.details["threshold"] == training["threshold"]
+    assert training["val_miou"] >= training["best_val_miou"]  # 0.5 is among the thresholds tried
     # the LMM stayed frozen: the vision adapter is copied byte for byte
     assert (out / "vision" / "projector.safetensors").read_bytes() == (
         adapter_dir / "vision" / "projector.safetensors").read_bytes()
@@ -252,7 +255,8 @@ def test_polygon_and_uncompressed_rle_annotations_decode():
 
 
 def test_the_sdk_decodes_coco_rle_like_pycocotools():
-    from floe.client.segmentations import Segment, decode_rle as sdk_decode
+    from floe.client.segmentations import Segment
+    from floe.client.segmentations import decode_rle as sdk_decode
 
     rng = np.random.default_rng(0)
     for h, w in ((1, 1), (7, 5), (64, 64), (33, 80)):
