@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 SCENE_SIZE = 64
+DEMO_DEPENDS = ("vision",)  # server/models/demos.py: rebuilt when the vision demo is
 TRAIN_SEED, VAL_SEED, TEST_SEED = 11, 12, 13
 TRAIN_SCENES, VAL_SCENES, EPOCHS = 400, 80, 10
 

@@ -35,29 +35,46 @@ def _package_source(module) -> str:
 
 def prepare_demos(base_dir: Path, cache: Path, progress=lambda message: None) -> dict[str, Path]:
     """name -> adapter directory, for every kind with a demo (built now if not cached)."""
-    from floe.server.runtime.model import base_fingerprint
-
-    fingerprint = base_fingerprint(base_dir)
     out: dict[str, Path] = {}
     for kind in known_kinds():
-        spec = get_kind(kind).demo
-        if not spec:
-            continue
-        module, build = _builder(spec)
-        key = hashlib.sha256((_package_source(module) + fingerprint).encode()).hexdigest()[:12]
-        target = cache / "demo-adapters" / f"{kind}-{key}"
-        if not target.is_dir():
-            progress(f"building the {kind} demo adapter (once; cached in {target.parent})")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-            try:
-                build(base_dir, tmp / "adapter")
-                (tmp / "adapter").rename(target)  # atomic: a half-built demo is never served
-            except (OSError, RuntimeError) as exc:  # e.g. a tool the demo's data needs is missing
-                log.warning("not serving the %s demo: %s", kind, exc)
-                progress(f"skipped the {kind} demo adapter: {exc}")
-                continue
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        out[demo_name(kind)] = target
+        target = prepare_demo(kind, base_dir, cache, progress)
+        if target is not None:
+            out[demo_name(kind)] = target
     return out
+
+
+def prepare_demo(kind: str, base_dir: Path, cache: Path, progress=lambda message: None) -> Path | None:
+    """The directory of `kind`'s demo adapter for `base_dir` (built now if not cached); None when
+    the kind has no demo or its build failed. A demo built on another kind's demo (grounding on
+    vision) gets that one through here."""
+    spec = get_kind(kind).demo
+    if not spec:
+        return None
+    module, build = _builder(spec)
+    target = cache / "demo-adapters" / f"{kind}-{_key(kind, base_dir)}"
+    if not target.is_dir():
+        progress(f"building the {kind} demo adapter (once; cached in {target.parent})")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+        try:
+            build(base_dir, tmp / "adapter")
+            (tmp / "adapter").rename(target)  # atomic: a half-built demo is never served
+        except (OSError, RuntimeError) as exc:  # e.g. a tool the demo's data needs is missing
+            if target.is_dir():  # another process built the same demo meanwhile
+                return target
+            log.warning("not serving the %s demo: %s", kind, exc)
+            progress(f"skipped the {kind} demo adapter: {exc}")
+            return None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _key(kind: str, base_dir: Path) -> str:
+    """The hash of the builder's package, the base's fingerprint and the keys of the demos the
+    builder's module names in `DEMO_DEPENDS` (e.g. grounding's, built on vision's)."""
+    from floe.server.runtime.model import base_fingerprint
+
+    module, _ = _builder(str(get_kind(kind).demo))
+    depends = "".join(_key(dep, base_dir) for dep in getattr(module, "DEMO_DEPENDS", ()))
+    return hashlib.sha256((_package_source(module) + base_fingerprint(base_dir) + depends).encode()).hexdigest()[:12]
