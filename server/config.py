@@ -159,7 +159,8 @@ class RealtimeConfig(BaseModel):
 
     enabled: bool = Field(True, description="Deploy the SessionRuntime (needs runtime.enabled).")
     replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.25, ge=0)
+    num_cpus: float = Field(0.0, ge=0, description="0 by default, so the default placement (engine, "
+                            "runtime, gateway on 2 CPUs) is unchanged; reserve CPUs for it on a cluster.")
     num_gpus: float = Field(0.0, ge=0)
     max_sessions: int = Field(16, gt=0, description="Sessions one replica holds; a full replica refuses more.")
     max_batch_sessions: int = Field(16, gt=0, description="Sessions in one batched step; 1 = one at a time.")
