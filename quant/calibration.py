@@ -53,3 +53,12 @@ def token_batches(tokenizer, texts: list[str], seq_len: int, max_samples: int) -
     # gaps >= seq_len since n * seq_len <= len(ids); float64 keeps the floor exact at large offsets
     starts = torch.linspace(0, len(ids) - seq_len, n, dtype=torch.float64).long()
     return torch.stack([flat[s:s + seq_len] for s in starts.tolist()])
+
+
+def calibrated(model_dir: Path, texts: list[str], cfg) -> tuple[torch.nn.Module, torch.Tensor]:
+    """What a calibrated method starts from: the dense model and ``cfg``'s token windows
+    (``cfg.seq_len`` x at most ``cfg.num_samples``) of the calibration texts."""
+    from floe.quant.model_io import load_dense
+
+    model, tokenizer = load_dense(model_dir)
+    return model, token_batches(tokenizer, texts, cfg.seq_len, cfg.num_samples)

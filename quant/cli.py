@@ -55,21 +55,28 @@ def _execute(kind: str, model_dir: Path, method: str, fields: dict, calibration,
     typer.echo(str(result))
 
 
+# The options both commands take (typer reads these defaults as declarations).
+MODEL_DIR = typer.Argument(..., help="Hugging Face model directory")
+OUT = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)")
+CALIBRATION = typer.Option(None, "--calibration", help="text file, paragraphs split by blank lines")
+OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing output dir")
+SET = typer.Option([], "--set", help="any other config field, key=value (repeatable)")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``quantize`` and ``prune`` commands to ``app``."""
 
     @app.command("quantize")
     def quantize_cmd(
-        model_dir: Path = typer.Argument(..., help="Hugging Face model directory"),
+        model_dir: Path = MODEL_DIR,
         method: str = typer.Option(..., "--method", "-m", help="int8 | nf4 | fp4 | gptq | rtn | qllm"),
         bits: int | None = typer.Option(None, "--bits", help="weight bits (gptq/rtn: 4, 8; qllm: 4, 6, 8)"),
         group_size: int | None = typer.Option(None, "--group-size", help="columns per scale (-1: per channel)"),
         act_bits: int | None = typer.Option(None, "--act-bits", help="qllm: simulated activation bits"),
-        out: Path | None = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)"),
-        calibration: Path | None = typer.Option(None, "--calibration",
-                                                help="text file, paragraphs split by blank lines"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output dir"),
-        set_: list[str] = typer.Option([], "--set", help="any other config field, key=value (repeatable)"),
+        out: Path | None = OUT,
+        calibration: Path | None = CALIBRATION,
+        overwrite: bool = OVERWRITE,
+        set_: list[str] = SET,
     ) -> None:
         """Quantize a checkpoint; writes the output dir with floe_quant.json."""
         fields = {"bits": bits, "group_size": group_size, "act_bits": act_bits, **_parse_sets(set_)}
@@ -77,17 +84,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command("prune")
     def prune_cmd(
-        model_dir: Path = typer.Argument(..., help="Hugging Face model directory"),
+        model_dir: Path = MODEL_DIR,
         method: str | None = typer.Option(
             None, "--method", "-m", help="maskllm (default) | sparsegpt | wanda | magnitude"),
         mask: Path | None = typer.Option(
             None, "--mask", help="apply this floe_mask.npz (or a pruned output dir) instead of finding one"),
         steps: int | None = typer.Option(None, "--steps", help="maskllm: most training steps"),
-        out: Path | None = typer.Option(None, "--out", "-o", help="output dir (default <model>-<method>)"),
-        calibration: Path | None = typer.Option(None, "--calibration",
-                                                help="text file, paragraphs split by blank lines"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output dir"),
-        set_: list[str] = typer.Option([], "--set", help="any other config field, key=value (repeatable)"),
+        out: Path | None = OUT,
+        calibration: Path | None = CALIBRATION,
+        overwrite: bool = OVERWRITE,
+        set_: list[str] = SET,
     ) -> None:
         """Prune a checkpoint to 2:4 sparsity; writes the output dir (weights, floe_mask.npz, floe_quant.json)."""
         fields = {"steps": steps, **_parse_sets(set_)}

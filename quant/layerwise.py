@@ -1,12 +1,17 @@
-"""Run a decoder one layer at a time on calibration tokens (GPTQ, QLLM, Wanda share this)."""
+"""Run a decoder one layer at a time on calibration tokens (GPTQ, SparseGPT, QLLM, Wanda share this)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+from floe.quant.progress import report
+
+T = TypeVar("T")
 
 
 class _Stop(Exception):
@@ -61,3 +66,24 @@ def layer_linears(model, layer_idx: int) -> dict[str, nn.Linear]:
     layer = model.model.layers[layer_idx]
     prefix = f"model.layers.{layer_idx}."
     return {prefix + n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+
+
+@torch.no_grad()
+def sequential(model, input_ids: torch.Tensor, label: str,
+               per_linear: Callable[[str, nn.Linear, torch.Tensor], T]) -> dict[str, T]:
+    """The calibration loop of the one-shot methods: layer by layer, each linear's inputs are
+    recorded (``X [tokens, in]``, float32) from the outputs of the layers already processed, so
+    later layers compensate for the earlier layers' errors. ``per_linear(name, linear, X)``
+    rewrites the linear's weight in place and returns what the method keeps for it."""
+    hs, kw = capture_layer_inputs(model, input_ids)
+    kept: dict[str, T] = {}
+    layers = model.model.layers
+    for idx, layer in enumerate(layers):
+        linears = layer_linears(model, idx)
+        with record_inputs(linears) as rec:
+            run_layer(layer, hs, kw)
+        for name, lin in linears.items():
+            kept[name] = per_linear(name, lin, torch.cat(rec[name]).float())
+        hs = run_layer(layer, hs, kw)  # the next layer sees this one's outputs after the change
+        report(f"{label} layers", idx + 1, len(layers))
+    return kept

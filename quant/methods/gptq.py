@@ -14,12 +14,11 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from floe.quant.calibration import token_batches
+from floe.quant.calibration import calibrated
 from floe.quant.ct_export import QLinear, dequant, group_scale, qrange, rtn, write_compressed
 from floe.quant.errors import UnsupportedBitsError
-from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
+from floe.quant.layerwise import sequential
 from floe.quant.model_io import decoder_linears, load_dense
-from floe.quant.progress import report
 from floe.quant.registry import MethodConfig, MethodResult, register_method
 
 
@@ -93,23 +92,13 @@ def check_group(model, group_size: int) -> None:
                 f"{name}: in_features {lin.in_features} not a multiple of group_size {group_size}")
 
 
-@torch.no_grad()
 def run_gptq(model, input_ids: torch.Tensor, cfg: GPTQConfig) -> dict[str, QLinear]:
-    hs, kw = capture_layer_inputs(model, input_ids)
-    qlayers: dict[str, QLinear] = {}
-    for idx, layer in enumerate(model.model.layers):
-        linears = layer_linears(model, idx)
-        with record_inputs(linears) as rec:
-            run_layer(layer, hs, kw)
-        for name, lin in linears.items():
-            X = torch.cat(rec[name]).float()
-            H = 2.0 * X.T @ X / X.shape[0]
-            ql = gptq_quantize(lin.weight.data, H, cfg.bits, cfg.group_size, cfg.damp)
-            lin.weight.data = dequant(ql)
-            qlayers[name] = ql
-        hs = run_layer(layer, hs, kw)  # inputs of the next layer, through the quantized one
-        report("gptq layers", idx + 1, len(model.model.layers))
-    return qlayers
+    def quantize(name: str, lin: torch.nn.Linear, X: torch.Tensor) -> QLinear:
+        ql = gptq_quantize(lin.weight.data, 2.0 * X.T @ X / X.shape[0], cfg.bits, cfg.group_size, cfg.damp)
+        lin.weight.data = dequant(ql)
+        return ql
+
+    return sequential(model, input_ids, "gptq", quantize)
 
 
 def _result(cfg, extra=None) -> MethodResult:
@@ -123,9 +112,8 @@ def _result(cfg, extra=None) -> MethodResult:
 @register_method("gptq", kind="quantize", config=GPTQConfig, needs_calibration=True)
 def _run_gptq(model_dir: Path, cfg: GPTQConfig, texts, work_dir: Path) -> MethodResult:
     cfg = cfg.resolved()
-    model, tok = load_dense(model_dir)
+    model, ids = calibrated(model_dir, texts, cfg)
     check_group(model, cfg.group_size)
-    ids = token_batches(tok, texts, cfg.seq_len, cfg.num_samples)
     qlayers = run_gptq(model, ids, cfg)
     write_compressed(model, model_dir, work_dir, qlayers, cfg.scheme, cfg.group_size)
     return _result(cfg, {"calibration_windows": int(ids.shape[0])})

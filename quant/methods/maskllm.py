@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from floe.quant.calibration import token_batches
+from floe.quant.calibration import calibrated
 from floe.quant.methods.mask_priors import (
     PRIORS,
     candidate_index,
@@ -39,7 +39,7 @@ from floe.quant.methods.mask_priors import (
     prior_logits,
     prior_masks,
 )
-from floe.quant.model_io import decoder_linears, load_dense
+from floe.quant.model_io import decoder_linears
 from floe.quant.progress import report
 from floe.quant.registry import MethodConfig, MethodResult, register_method
 from floe.quant.sparse24 import CANDIDATES, mask_from_index
@@ -230,7 +230,6 @@ def train_masks(model, ids: torch.Tensor, cfg: MaskLLMConfig) -> tuple[dict[str,
 def _run_maskllm(model_dir: Path, cfg: MaskLLMConfig, texts, work_dir: Path) -> MethodResult:
     from floe.quant.methods.sparsity import finish
 
-    model, tok = load_dense(model_dir)
-    ids = token_batches(tok, texts, cfg.seq_len, cfg.num_samples)
+    model, ids = calibrated(model_dir, texts, cfg)
     masks, stats = train_masks(model, ids, cfg)
     return finish(model, model_dir, work_dir, masks, {"maskllm": stats}, method="maskllm")

@@ -21,10 +21,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from floe.quant.calibration import token_batches
+from floe.quant.calibration import calibrated
 from floe.quant.ct_export import rtn, write_compressed
 from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
-from floe.quant.model_io import load_dense
 from floe.quant.progress import report
 from floe.quant.qllm_sim import SimQuantLinear, build_reassembly, fq_act, fq_weight
 from floe.quant.registry import MethodConfig, MethodResult, register_method
@@ -161,8 +160,7 @@ def fold_to_dense(model) -> list[str]:
 
 @register_method("qllm", kind="quantize", config=QLLMConfig, needs_calibration=True)
 def _run_qllm(model_dir: Path, cfg: QLLMConfig, texts, work_dir: Path) -> MethodResult:
-    model, tok = load_dense(model_dir)
-    ids = token_batches(tok, texts, cfg.seq_len, cfg.num_samples)
+    model, ids = calibrated(model_dir, texts, cfg)
     chosen = apply_qllm(model, ids, cfg)
     names = fold_to_dense(model)
     qlayers = {n: rtn(model.get_submodule(n).weight.data, 8, -1) for n in names}

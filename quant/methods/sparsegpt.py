@@ -16,10 +16,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from floe.quant.calibration import token_batches
-from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
-from floe.quant.model_io import load_dense
-from floe.quant.progress import report
+from floe.quant.calibration import calibrated
+from floe.quant.layerwise import sequential
 from floe.quant.registry import MethodConfig, MethodResult, register_method
 
 
@@ -67,31 +65,21 @@ def sparsegpt_24(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block_siz
     return W, ~pruned
 
 
-@torch.no_grad()
 def run_sparsegpt(model, input_ids: torch.Tensor, cfg: SparseGPTConfig) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place, layer by layer; returns keep masks ``{name: [out, in]}``."""
-    hs, kw = capture_layer_inputs(model, input_ids)
-    masks: dict[str, torch.Tensor] = {}
-    for idx, layer in enumerate(model.model.layers):
-        linears = layer_linears(model, idx)
-        with record_inputs(linears) as rec:
-            run_layer(layer, hs, kw)
-        for name, lin in linears.items():
-            X = torch.cat(rec[name]).float()  # [tokens, in]
-            W, keep = sparsegpt_24(lin.weight.data, 2.0 * X.T @ X / X.shape[0], cfg.damp, cfg.block_size)
-            lin.weight.data = W.to(lin.weight.dtype)
-            masks[name] = keep
-        hs = run_layer(layer, hs, kw)  # the next layer sees the pruned layer's outputs
-        report("sparsegpt layers", idx + 1, len(model.model.layers))
-    return masks
+    def prune(name: str, lin: torch.nn.Linear, X: torch.Tensor) -> torch.Tensor:
+        W, keep = sparsegpt_24(lin.weight.data, 2.0 * X.T @ X / X.shape[0], cfg.damp, cfg.block_size)
+        lin.weight.data = W.to(lin.weight.dtype)
+        return keep
+
+    return sequential(model, input_ids, "sparsegpt", prune)
 
 
 @register_method("sparsegpt", kind="prune", config=SparseGPTConfig, needs_calibration=True)
 def _run_sparsegpt(model_dir: Path, cfg: SparseGPTConfig, texts, work_dir: Path) -> MethodResult:
     from floe.quant.methods.sparsity import finish
 
-    model, tok = load_dense(model_dir)
-    ids = token_batches(tok, texts, cfg.seq_len, cfg.num_samples)
+    model, ids = calibrated(model_dir, texts, cfg)
     masks = run_sparsegpt(model, ids, cfg)
     return finish(model, model_dir, work_dir, masks, {"calibration_windows": int(ids.shape[0])},
                   method="sparsegpt")

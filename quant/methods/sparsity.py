@@ -15,12 +15,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from floe.quant.calibration import token_batches
-from floe.quant.layerwise import capture_layer_inputs, layer_linears, record_inputs, run_layer
+from floe.quant.calibration import calibrated
+from floe.quant.layerwise import sequential
 from floe.quant.manifest import hash_model_dir
 from floe.quant.masks import MASK_FILE, MaskFileError, load_masks, save_masks
 from floe.quant.model_io import decoder_linears, load_dense, save_dense
-from floe.quant.progress import report
 from floe.quant.registry import MethodConfig, MethodResult, register_method
 from floe.quant.sparse24 import is_2to4, topk_mask
 
@@ -58,22 +57,14 @@ def apply_masks(model, masks: dict[str, torch.Tensor]) -> None:
         mods[name].weight.data.mul_(mask.to(mods[name].weight.dtype))
 
 
-@torch.no_grad()
 def wanda_masks(model, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place with Wanda, layer by layer; returns keep masks ``[out, in]``."""
-    hs, kw = capture_layer_inputs(model, input_ids)
-    masks: dict[str, torch.Tensor] = {}
-    for idx, layer in enumerate(model.model.layers):
-        linears = layer_linears(model, idx)
-        with record_inputs(linears) as rec:
-            run_layer(layer, hs, kw)
-        for name, lin in linears.items():
-            xnorm = torch.cat(rec[name]).float().norm(dim=0)  # [in]
-            masks[name] = topk_mask(lin.weight.abs() * xnorm.unsqueeze(0))
-            lin.weight.data.mul_(masks[name])
-        hs = run_layer(layer, hs, kw)  # next layer sees the pruned one's outputs
-        report("wanda layers", idx + 1, len(model.model.layers))
-    return masks
+    def prune(name: str, lin: torch.nn.Linear, X: torch.Tensor) -> torch.Tensor:
+        keep = topk_mask(lin.weight.abs() * X.norm(dim=0).unsqueeze(0))  # |W| * ||x||, per row
+        lin.weight.data.mul_(keep)
+        return keep
+
+    return sequential(model, input_ids, "wanda", prune)
 
 
 def finish(model, model_dir: Path, work_dir: Path, masks: dict[str, torch.Tensor],
@@ -100,8 +91,8 @@ def _run_magnitude(model_dir: Path, cfg: MagnitudeConfig, texts, work_dir: Path)
 
 @register_method("wanda", kind="prune", config=WandaConfig, needs_calibration=True)
 def _run_wanda(model_dir: Path, cfg: WandaConfig, texts, work_dir: Path) -> MethodResult:
-    model, tok = load_dense(model_dir)
-    masks = wanda_masks(model, token_batches(tok, texts, cfg.seq_len, cfg.num_samples))
+    model, ids = calibrated(model_dir, texts, cfg)
+    masks = wanda_masks(model, ids)
     return finish(model, model_dir, work_dir, masks, method="wanda")
 
 

@@ -65,7 +65,7 @@ def test_qllm_beats_rtn_w4a4_simulated(dense, calib_texts, ppl_of):
     ids = token_batches(tok, calib_texts, 64, 32)
     rtn_model, qllm_model = copy.deepcopy(model), copy.deepcopy(model)
     apply_qllm(rtn_model, ids, QLLMConfig(bits=4, act_bits=4, reassembly=False, rank=0, seq_len=64))
-    apply_qllm(qllm_model, ids, QLLMConfig(bits=4, act_bits=4, seq_len=64, lrc_steps=40))
+    apply_qllm(qllm_model, ids, QLLMConfig(bits=4, act_bits=4, seq_len=64, lrc_steps=100))
     assert ppl_of(qllm_model) < ppl_of(rtn_model)
 
 
