@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml setup.py quant/requirements.txt clients/python/pyprojec
 	# one demo is skipped.
 	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) \
 		|| echo "espeak-ng not installed: the audio demo adapter will be skipped"
+	# Debian's chromium drives the playground's browser tests (tests/browser).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium not installed: the playground's browser tests will fail"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip "setuptools>=68" wheel
 	# torch first, from the local CPU build: any other torch resolves to a multi-GB CUDA download.

@@ -13,4 +13,4 @@ for namespace, folder in NAMESPACE_ROOTS.items():
     packages.append(namespace)
     packages += [f"{namespace}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=dict(NAMESPACE_ROOTS), package_data={"": ["*.jinja", "*.json"]})
+setup(packages=packages, package_dir=dict(NAMESPACE_ROOTS), package_data={"": ["*.jinja", "*.json", "*.html", "*.js", "*.css"]})
