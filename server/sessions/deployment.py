@@ -157,8 +157,10 @@ class SessionRuntime:
                 if events:
                     live.queue.put_nowait(events)
             elif name == "commit":
+                live.ops.extend(live.frontend.flush())
                 live.ops.append(Commit())
             elif name == "clear":
+                live.frontend.reset()
                 live.ops.append(Clear())
             elif name == "respond":
                 live.ops.append(Respond(max_output_tokens=op[1]))

@@ -59,6 +59,26 @@ class Frontend:
         self.heard = 0  # 16 kHz samples received this session
         self.configure(turn_detection)
 
+    def flush(self) -> list[Any]:
+        """A manual commit: the resampler's tail (its filter delay) belongs to the committed audio;
+        the next turn starts a fresh stream."""
+        import soxr
+
+        from floe.adapters.speech.session import Audio
+
+        tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        self._resampler = soxr.ResampleStream(SOCKET_RATE, MODEL_RATE, 1, dtype="float32")
+        self.heard += len(tail)
+        return [Audio(tail)] if len(tail) and self._vad is None else []
+
+    def reset(self) -> None:
+        """input_audio_buffer.clear: drop what the resampler and the VAD hold."""
+        import soxr
+
+        self._resampler = soxr.ResampleStream(SOCKET_RATE, MODEL_RATE, 1, dtype="float32")
+        self._rest = np.zeros(0, dtype=np.float32)
+        self.configure(self.turn_detection)
+
     def configure(self, turn_detection: TurnDetection | None) -> None:
         self.turn_detection = turn_detection
         self._ring: deque[np.ndarray] = deque()
