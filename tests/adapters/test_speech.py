@@ -190,3 +190,34 @@ def test_the_front_end_resamples_exactly_and_detects_a_spoken_turn():
     assert names[0] == "Cancel" and names[-2:] == ["Commit", "Respond"]  # barge-in first, then the turn
     heard = sum(len(op.pcm) for op in ops if type(op).__name__ == "Audio")
     assert heard >= len(speech) * 16000 / 24000 * 0.8  # the speech (and its prefix) reached the kind
+
+
+def test_the_audio_routes_calls_equal_their_references(llm, loaded):
+    """What /v1/audio/transcriptions and /v1/audio/speech run on the FrozenRuntime, batched."""
+    from types import SimpleNamespace
+
+    from floe.adapters.audio.decode import load_pcm, wav_bytes
+    from floe.adapters.speech.model import vocode
+    from floe.adapters.speech.session import chat_template, phrases, prepare_call, run_calls
+    from floe.server.errors import InvalidRequest
+    from floe.server.schemas.audio import SpeechCall, TranscriptionCall
+
+    backbone = SimpleNamespace(llm=llm)
+    clips = [noise(0.6, 30), noise(1.1, 31)]
+    calls = [TranscriptionCall(wav_bytes(c), "wav", None, 30.0) for c in clips] + [SpeechCall("Hello there, friend.")]
+    items = [prepare_call(backbone, loaded, c) for c in calls]
+    out = run_calls(backbone, [(loaded, item) for item in items])
+    for clip, result in zip(clips, out):
+        pcm = load_pcm(wav_bytes(clip), "wav", "t", 30.0)
+        assert result.text == reference_turn(llm, loaded, pcm).transcript.strip()
+    ids = llm.tokenize("Hello there, friend.")
+    t = chat_template(llm, "")
+    prompt = t.opening + t.to_assistant
+    with torch.no_grad():
+        hidden = llm.decoder(input_ids=torch.tensor([prompt + ids]), use_cache=False).last_hidden_state[0]
+    states = hidden[len(prompt) - 1:len(prompt) - 1 + len(ids)]
+    want = torch.cat([vocode(loaded.model, states[a:b]) for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)])
+    got = torch.from_numpy(np.frombuffer(out[2].pcm, "<i2") / 32767.0)
+    assert got.shape == want.shape and (got - want).abs().max() < 5e-3
+    with pytest.raises(InvalidRequest):
+        prepare_call(backbone, loaded, TranscriptionCall(b"RIFF....", "wav", None, 30.0))
