@@ -113,6 +113,9 @@ def _http_status(text: str) -> bool:
 
 @pytest.fixture
 def tab(browser, floe_live):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     context.grant_permissions(["microphone"], origin=floe_live.url)
     page = context.new_page()
