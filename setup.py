@@ -13,4 +13,7 @@ for namespace, folder in NAMESPACE_ROOTS.items():
     packages.append(namespace)
     packages += [f"{namespace}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=dict(NAMESPACE_ROOTS), package_data={"": ["*.jinja", "*.json", "*.html", "*.js", "*.css"]})
+# templates, configs, and the playground's static page (server/gateway/playground/)
+PACKAGE_DATA = ["*.jinja", "*.json", "*.html", "*.js", "*.css"]
+
+setup(packages=packages, package_dir=dict(NAMESPACE_ROOTS), package_data={"": PACKAGE_DATA})
