@@ -18,7 +18,7 @@ import torch
 
 from floe.adapters.audio.decode import fbank
 from floe.adapters.speech.model import vocode
-from floe.adapters.speech.session import PUNCTUATION, LoadedSpeech, chat_template
+from floe.adapters.speech.session import PUNCTUATION, LoadedSpeech, chat_template, phrases
 from floe.server.runtime.model import FrozenModel
 
 
@@ -89,3 +89,17 @@ def run_turn(llm: FrozenModel, loaded: LoadedSpeech, state: Any, pcm16k: np.ndar
         if any(e["type"] == "done" for e in events):
             return events
     raise AssertionError("the turn did not finish")
+
+
+def reference_speech(llm: FrozenModel, loaded: LoadedSpeech, text: str) -> np.ndarray:
+    """What `POST /v1/audio/speech` computes for `text`, from the definition: the frozen LLM reads
+    the text as the assistant's turn (teacher-forced, no cache); the last hidden state of each of
+    its tokens drives the speech decoder, phrase by phrase; Griffin-Lim gives 24 kHz PCM."""
+    ids = llm.tokenize(text)
+    template = chat_template(llm, "")
+    prompt = template.opening + template.to_assistant
+    with torch.no_grad():
+        hidden = llm.decoder(input_ids=torch.tensor([prompt + ids]), use_cache=False).last_hidden_state[0]
+        states = hidden[len(prompt) - 1:len(prompt) - 1 + len(ids)]
+        return np.concatenate([vocode(loaded.model, states[a:b]).numpy()
+                               for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)])

@@ -201,8 +201,8 @@ def test_the_audio_routes_calls_equal_their_references(llm, loaded):
     from types import SimpleNamespace
 
     from floe.adapters.audio.decode import load_pcm, wav_bytes
-    from floe.adapters.speech.model import vocode
-    from floe.adapters.speech.session import chat_template, phrases, prepare_call, run_calls
+    from floe.adapters.speech.reference import reference_speech
+    from floe.adapters.speech.session import prepare_call, run_calls
     from floe.server.errors import InvalidRequest
     from floe.server.schemas.audio import SpeechCall, TranscriptionCall
 
@@ -214,14 +214,8 @@ def test_the_audio_routes_calls_equal_their_references(llm, loaded):
     for clip, result in zip(clips, out):
         pcm = load_pcm(wav_bytes(clip), "wav", "t", 30.0)
         assert result.text == reference_turn(llm, loaded, pcm).transcript.strip()
-    ids = llm.tokenize("Hello there, friend.")
-    t = chat_template(llm, "")
-    prompt = t.opening + t.to_assistant
-    with torch.no_grad():
-        hidden = llm.decoder(input_ids=torch.tensor([prompt + ids]), use_cache=False).last_hidden_state[0]
-    states = hidden[len(prompt) - 1:len(prompt) - 1 + len(ids)]
-    want = torch.cat([vocode(loaded.model, states[a:b]) for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)])
-    got = torch.from_numpy(np.frombuffer(out[2].pcm, "<i2") / 32767.0)
-    assert got.shape == want.shape and (got - want).abs().max() < 2e-2
+    want = reference_speech(llm, loaded, "Hello there, friend.")
+    got = np.frombuffer(out[2].pcm, "<i2") / 32767.0
+    assert got.shape == want.shape and np.abs(got - want).max() < 2e-2
     with pytest.raises(InvalidRequest):
         prepare_call(backbone, loaded, TranscriptionCall(b"RIFF....", "wav", None, 30.0))

@@ -250,9 +250,8 @@ def test_a_bad_handshake_is_an_error_event_then_close(live_server, adapter):
 
 def test_audio_routes_answer_in_openai_shapes(live_server, adapter, reference, llm, openai_client):
     from floe.adapters.audio.decode import wav_bytes
-    from floe.adapters.speech.model import vocode
-    from floe.adapters.speech.reference import reference_turn
-    from floe.adapters.speech.session import chat_template, load_for_serving, phrases
+    from floe.adapters.speech.reference import reference_speech, reference_turn
+    from floe.adapters.speech.session import load_for_serving
 
     pcm16k = (0.1 * np.random.default_rng(5).standard_normal(12000)).astype(np.float32)
     wav = wav_bytes(pcm16k, 16000)
@@ -268,16 +267,7 @@ def test_audio_routes_answer_in_openai_shapes(live_server, adapter, reference, l
     with wave.open(io.BytesIO(spoken.content)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
         got = np.frombuffer(w.readframes(w.getnframes()), "<i2") / 32767.0
-    import torch
-
-    ids = llm.tokenize("Hello there, friend.")
-    t = chat_template(llm, "")
-    prompt = t.opening + t.to_assistant
-    with torch.no_grad():
-        hidden = llm.decoder(input_ids=torch.tensor([prompt + ids]), use_cache=False).last_hidden_state[0]
-        states = hidden[len(prompt) - 1:len(prompt) - 1 + len(ids)]
-        want = np.concatenate([vocode(loaded.model, states[a:b]).numpy()
-                               for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)])
+    want = reference_speech(llm, loaded, "Hello there, friend.")
     assert got.shape == want.shape and np.abs(got - want).max() < 2e-2
 
     with pytest.raises(Exception) as bad:
