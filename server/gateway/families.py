@@ -45,6 +45,19 @@ class Family:
     unavailable: str = "this endpoint is not enabled on this server"  # the 404's message
 
 
+NO_RUNTIME = "this server runs without the FrozenRuntime (runtime.enabled is false)"
+
+
+def runtime_family(name: str, router: APIRouter, make: Callable[[GatewayContext, Any], Any]) -> Family:
+    """A family served on the FrozenRuntime: `make(ctx, runtime handle)` builds its service; on a
+    server without the runtime its routes answer 404 saying so."""
+    def build(ctx: GatewayContext) -> Any:
+        runtime = ctx.handle("runtime")
+        return None if runtime is None else make(ctx, runtime)
+
+    return Family(name, router, build, unavailable=NO_RUNTIME)
+
+
 def discover() -> list[Family]:
     """floe's own families (the modules of `floe.server.gateway.routes`), then plugins."""
     from floe.server.gateway import routes

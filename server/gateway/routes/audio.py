@@ -19,7 +19,7 @@ from fastapi.responses import PlainTextResponse, Response
 from floe.server.config import FloeConfig
 from floe.server.errors import InvalidRequest, PayloadTooLarge, call
 from floe.server.gateway.body import read_json_object
-from floe.server.gateway.families import Family, GatewayContext
+from floe.server.gateway.families import runtime_family
 from floe.server.gateway.state import api_auth, service
 from floe.server.names import split_model
 from floe.server.runtime.messages import RuntimeCall
@@ -45,14 +45,8 @@ class AudioService:
             return await call(handle.run.remote(RuntimeCall(kind=ref.kind, ref=ref, request=request)))
 
 
-def _build(ctx: GatewayContext) -> AudioService | None:
-    if ctx.handle("runtime") is None:
-        return None
-    return AudioService(ctx.config, ctx.base_name, ctx.handle("runtime"), ctx.handle("registry"))
-
-
-family = Family("audio", router, _build, unavailable=(
-    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+family = runtime_family("audio", router, lambda ctx, runtime: AudioService(
+    ctx.config, ctx.base_name, runtime, ctx.handle("registry")))
 
 
 @router.post("/v1/audio/transcriptions")

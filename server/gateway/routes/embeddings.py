@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 
 from floe.server.gateway.body import read_json_object
-from floe.server.gateway.families import Family, GatewayContext
+from floe.server.gateway.families import GatewayContext, runtime_family
 from floe.server.gateway.state import api_auth, service
 from floe.server.schemas.common import parse
 from floe.server.schemas.embeddings import EmbeddingRequest
@@ -14,15 +16,11 @@ from floe.server.services.embeddings import EmbeddingService
 router = APIRouter(dependencies=[Depends(api_auth)])
 
 
-def build_embeddings(ctx: GatewayContext) -> EmbeddingService | None:
-    if ctx.handle("runtime") is None:
-        return None
-    return EmbeddingService(ctx.base_name, ctx.handle("runtime"), ctx.handle("registry"),
-                            ctx.config.runtime.max_embedding_inputs)
+def embedding_service(ctx: GatewayContext, runtime: Any) -> EmbeddingService:
+    return EmbeddingService(ctx.base_name, runtime, ctx.handle("registry"), ctx.config.runtime.max_embedding_inputs)
 
 
-family = Family("embeddings", router, build_embeddings, unavailable=(
-    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+family = runtime_family("embeddings", router, embedding_service)
 
 
 @router.post("/v1/embeddings")

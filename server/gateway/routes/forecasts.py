@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from floe.server.gateway.body import read_json_object
-from floe.server.gateway.families import Family, GatewayContext
+from floe.server.gateway.families import runtime_family
 from floe.server.gateway.state import api_auth, service
 from floe.server.schemas.common import parse
 from floe.server.schemas.forecasts import ForecastRequest
@@ -14,14 +14,8 @@ from floe.server.services.forecasts import ForecastService
 router = APIRouter(dependencies=[Depends(api_auth)])
 
 
-def _build(ctx: GatewayContext) -> ForecastService | None:
-    if ctx.handle("runtime") is None:
-        return None
-    return ForecastService(ctx.base_name, ctx.handle("runtime"), ctx.handle("registry"))
-
-
-family = Family("forecasts", router, _build, unavailable=(
-    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+family = runtime_family("forecasts", router, lambda ctx, runtime: ForecastService(
+    ctx.base_name, runtime, ctx.handle("registry")))
 
 
 @router.post("/v1/forecasts")

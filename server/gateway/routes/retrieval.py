@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from floe.server.gateway.body import read_json_object
-from floe.server.gateway.families import Family, GatewayContext
-from floe.server.gateway.routes.embeddings import build_embeddings
+from floe.server.gateway.families import NO_RUNTIME, Family, GatewayContext
+from floe.server.gateway.routes.embeddings import embedding_service
 from floe.server.gateway.state import api_auth, service
 from floe.server.schemas.common import parse
 from floe.server.schemas.retrieval import CollectionCreateRequest, SearchRequest, UpsertRequest
@@ -17,14 +17,13 @@ router = APIRouter(prefix="/v1/retrieval/collections", dependencies=[Depends(api
 
 
 def _build(ctx: GatewayContext) -> RetrievalService | None:
-    embeddings = build_embeddings(ctx)
-    if embeddings is None or ctx.handle("store") is None:
+    runtime, store = ctx.handle("runtime"), ctx.handle("store")
+    if runtime is None or store is None:
         return None
-    return RetrievalService(ctx.handle("store"), embeddings, ctx.config.retrieval)
+    return RetrievalService(store, embedding_service(ctx, runtime), ctx.config.retrieval)
 
 
-family = Family("retrieval", router, _build, unavailable=(
-    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+family = Family("retrieval", router, _build, unavailable=NO_RUNTIME)
 
 
 @router.post("")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from floe.server.gateway.body import read_json_object
-from floe.server.gateway.families import Family, GatewayContext
+from floe.server.gateway.families import runtime_family
 from floe.server.gateway.state import api_auth, service
 from floe.server.schemas.common import parse
 from floe.server.schemas.segmentations import SegmentationRequest
@@ -14,15 +14,8 @@ from floe.server.services.segmentations import SegmentationService
 router = APIRouter(dependencies=[Depends(api_auth)])
 
 
-def _build(ctx: GatewayContext) -> SegmentationService | None:
-    if ctx.handle("runtime") is None:
-        return None
-    return SegmentationService(ctx.base_name, ctx.handle("runtime"), ctx.handle("registry"), ctx.handle("engine"),
-                               ctx.config.media)
-
-
-family = Family("segmentations", router, _build, unavailable=(
-    "this server runs without the FrozenRuntime (runtime.enabled is false)"))
+family = runtime_family("segmentations", router, lambda ctx, runtime: SegmentationService(
+    ctx.base_name, runtime, ctx.handle("registry"), ctx.handle("engine"), ctx.config.media))
 
 
 @router.post("/v1/segmentations")
