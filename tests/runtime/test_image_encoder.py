@@ -51,7 +51,7 @@ def test_inspect_and_load_checks(image_adapter, llm, tmp_path):
     with pytest.raises(InvalidAdapter, match="base_model"):
         inspect_adapter(bare, EngineLimits())
     (image_adapter.parent / "broken").mkdir()
-    (image_adapter.parent / "broken" / "floe_adapter.json").write_text('{"kind": "image_encoder"}')
+    (image_adapter.parent / "broken" / "floe_adapter.json").write_text('{"kind": "image_encoder", "base_model": "x"}')
     with pytest.raises(InvalidAdapter, match="vision"):
         inspect_adapter(image_adapter.parent / "broken", EngineLimits())
 
