@@ -134,8 +134,8 @@ class AdapterKind:
         if manifest.get("kind") != self.name:
             raise InvalidAdapter(f'{MANIFEST} must say "kind": "{self.name}"', param="source")
         if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
-            raise InvalidAdapter(f"{MANIFEST}: a {self.name} adapter must name its base_model "
-                                 "(the base checkpoint's fingerprint)", param="source")
+            raise InvalidAdapter(f"{MANIFEST} must name the adapter's base_model (the fingerprint of "
+                                 "the base checkpoint it was trained on)", param="source")
         return manifest
 
     @staticmethod
