@@ -120,6 +120,7 @@ def start_server(workdir: Path, extra: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
     config = {"http": {"port": port}, "auth": {"api_keys": [API_KEY]}, "runtime": {"enabled": False},
               "ray": {"num_cpus": 2}, **extra}
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "floe.yaml"
     path.write_text(yaml.safe_dump(config))
     return spawn_floe([sys.executable, "-m", "floe.server.cli", "serve", "--config", str(path)], port,
@@ -158,12 +159,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("FLOE_CACHE_DIR", str(REPO / ".floe-cache"))
-    from floe.server.models.builtin import prepare
+    from floe.server.models.builtin import cache_root, prepare
     from floe.server.models.demos import demo_name, prepare_demos
     from floe.server.runtime.model import base_fingerprint  # noqa: F401  (torch loads here, once)
 
     base_dir = prepare("floe-tiny-chat")
-    demos = prepare_demos(base_dir, Path(os.environ["FLOE_CACHE_DIR"]), progress=print)
+    demos = prepare_demos(base_dir, cache_root(), progress=print)
     work = Path(tempfile.mkdtemp(prefix="floe-bench-media-"))
     runs: dict[str, Run] = {}
     proc, url = start_server(work / "default", {})
