@@ -52,7 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from floe.server.kinds import MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, LLMKind, register_kind
+from floe.server.kinds import (
+    MANIFEST,
+    AdapterInfo,
+    EngineLimits,
+    InvalidAdapter,
+    LLMKind,
+    register_kind,
+    safetensors_shapes,
+)
 
 KIND = "toolken"
 WEIGHTS = "toolken.safetensors"
@@ -89,17 +97,6 @@ def parse_tools(data: dict[str, Any] | None) -> list[dict[str, Any]]:
         if schema is not None:
             check_schema(schema, f"{TOOLS}: tool {name!r}")
     return tools
-
-
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape, from the file's header only (safetensors' numpy side: no torch)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as fh:
-            return {key: list(fh.get_slice(key).get_shape()) for key in fh.keys()}
-    except (OSError, SafetensorError) as exc:
-        raise InvalidAdapter(f"{path.name} is not a readable safetensors file ({exc})", param="source") from exc
 
 
 def check_schema(schema: Any, where: str) -> None:
