@@ -230,8 +230,9 @@ def test_chat_streams_the_answer_into_the_page(tab, openai_client, shots):
         max_tokens=24, temperature=0, stream=True) if c.choices]
     reference = "".join(c.choices[0].delta.content or "" for c in frames)
     assert reference and last.locator(".text").text_content() == reference
-    # one DOM update per server-sent frame: the text arrived piece by piece
-    assert int(last.get_attribute("data-chunks")) == len(frames) > 2
+    # the text arrived piece by piece, one DOM update per frame; the count is not compared with
+    # the reference stream's, as the engine merges deltas a slow reader has not yet taken
+    assert int(last.get_attribute("data-chunks")) > 2 and len(frames) > 2
     assert "finish_reason: length" in last.text_content()
     tab.shot(shots, "chat")
 
