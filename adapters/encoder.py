@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, RuntimeKind, group_by_adapter, register_kind
+from floe.server.kinds import MANIFEST, KindConfig, RuntimeKind, group_by_adapter, register_kind
 from floe.server.schemas.embeddings import MINILM_ALIASES, EmbedCall, EmbedResult
 
 if TYPE_CHECKING:
     import torch
 
-    from floe.server.kinds import AdapterInfo, EngineLimits
     from floe.server.runtime.engine import RuntimeBackbone
     from floe.server.runtime.model import FrozenModel
 
@@ -129,14 +128,8 @@ def is_image_input(item: Any) -> bool:
 class EncoderKind(RuntimeKind):
     name = KIND
     serves = ("embeddings",)
-
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        manifest = self.read_manifest(directory)
-        try:
-            cfg = EncoderConfig.from_dict(manifest.get("config") or {})
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"{MANIFEST}: bad encoder config: {exc}", param="source") from exc
-        return self.info(manifest, **cfg.public())
+    config = EncoderConfig
+    needs_base = False  # pooling the base's own embeddings: any base of the right width
 
     # -- execution ---------------------------------------------------------------------------
     def builtin(self, name: str, backbone: RuntimeBackbone) -> EncoderConfig | MiniLM:

@@ -115,9 +115,26 @@ class AdapterKind:
     # Path) -> (text LLM dir, adapter dir)`: `floe serve --model` on such a checkpoint serves the text
     # LLM on vLLM and the adapter under the checkpoint's name (e.g. LLaVA -> vision)
     splits: ClassVar[dict[str, str]] = {}
+    # the manifest's `config` object, parsed by `manifest` (a KindConfig dataclass; optional)
+    config: ClassVar[type[KindConfig] | None] = None
+    # files every adapter directory of the kind holds, checked by `manifest`
+    files: ClassVar[tuple[str, ...]] = ()
+    # whether the manifest must name the base checkpoint the adapter was trained on
+    needs_base: ClassVar[bool] = True
 
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        raise NotImplementedError  # abstract: every kind describes its own directories
+        """Template: the kind's own manifest, its `config` and its `files` are checked here, once
+        for every kind; what only this kind knows about its directories is in `describe`."""
+        directory = Path(directory)
+        manifest = self.own_manifest(directory)
+        cfg = self.parse_config(manifest)
+        self.require_files(directory, *self.files)
+        return self.describe(directory, manifest, cfg, limits)
+
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: Any,
+                 limits: EngineLimits) -> AdapterInfo:
+        """The kind's own checks of a directory `manifest` accepted so far, and what it found."""
+        return self.info(manifest, **(cfg.public() if cfg is not None else {}))
 
     def info(self, manifest: dict[str, Any], **details: Any) -> AdapterInfo:
         return AdapterInfo(kind=self.name, engine=self.engine, serves=tuple(self.serves),
@@ -133,10 +150,33 @@ class AdapterKind:
         manifest = self.read_manifest(directory)
         if manifest.get("kind") != self.name:
             raise InvalidAdapter(f'{MANIFEST} must say "kind": "{self.name}"', param="source")
-        if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
+        if self.needs_base and (not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]):
             raise InvalidAdapter(f"{MANIFEST} must name the adapter's base_model (the fingerprint of "
                                  "the base checkpoint it was trained on)", param="source")
         return manifest
+
+    def parse_config(self, manifest: dict[str, Any]) -> Any:
+        """The manifest's `config` as the kind's `config` dataclass (None for a kind without one)."""
+        if self.config is None:
+            return None
+        try:
+            return self.config.from_dict(manifest.get("config") or {})
+        except (TypeError, ValueError) as exc:
+            raise InvalidAdapter(f"{MANIFEST}: bad {self.name} config: {exc}", param="source") from exc
+
+    def read_config(self, directory: Path) -> Any:
+        """An adapter directory's parsed config, for the kind's loaders (the manifest checked it)."""
+        return self.parse_config(self.read_manifest(directory))
+
+    @staticmethod
+    def require_model_dir(directory: Path, sub: str, what: str) -> dict[str, Any]:
+        """A Hugging Face model folder inside an adapter (its config.json and safetensors)."""
+        config = AdapterKind.read_json(directory, f"{sub}/config.json")
+        if config is None:
+            raise InvalidAdapter(f"this adapter kind needs {sub}/config.json ({what})", param="source")
+        if not any((Path(directory) / sub).glob("*.safetensors")):
+            raise InvalidAdapter(f"this adapter kind needs {sub}/*.safetensors ({what})", param="source")
+        return config
 
     @staticmethod
     def read_json(directory: Path, name: str) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, SoftTokenKind, register_kind, safetensors_shapes
+from floe.server.kinds import InvalidAdapter, KindConfig, SoftTokenKind, register_kind, safetensors_shapes
 
 if TYPE_CHECKING:
     from floe.adapters.audio.model import LoadedAudio
@@ -108,15 +108,11 @@ class AudioKind(SoftTokenKind):
     accepts = ("input_audio",)
     trainer = "floe.adapters.audio.cli:train_audio"
     demo = "floe.adapters.audio.demo:build"
+    config = AudioConfig
+    files = (ENCODER, ALIGNER)
 
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        directory = Path(directory)
-        manifest = self.own_manifest(directory)
-        try:
-            cfg = AudioConfig.from_dict(manifest.get("config") or {})
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"{MANIFEST}: bad audio config: {exc}", param="source") from exc
-        self.require_files(directory, ENCODER, ALIGNER)
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: AudioConfig,
+                 limits: EngineLimits) -> AdapterInfo:
         for filename, want in expected_shapes(cfg).items():
             shapes = safetensors_shapes(directory / filename)
             for name, shape in want.items():

@@ -23,11 +23,20 @@ built-in demo in `demo.py`. An adapter directory:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, RuntimeKind, get_kind, register_kind
+from floe.server.kinds import (
+    MANIFEST,
+    AdapterInfo,
+    EngineLimits,
+    InvalidAdapter,
+    KindConfig,
+    RuntimeKind,
+    get_kind,
+    register_kind,
+)
 
 if TYPE_CHECKING:
     from floe.adapters.grounding.model import GroundingAdapter, GroundItem
@@ -41,7 +50,7 @@ HEAD_INPUT = "enc1.0.weight"  # the first conv of head.MaskHead: [channels, atte
 
 
 @dataclass(frozen=True)
-class GroundingConfig:
+class GroundingConfig(KindConfig):
     """How phrases become masks (the manifest's `config`)."""
 
     attention_channels: int = 0  # layers * heads of the base: the head's input maps
@@ -64,24 +73,6 @@ class GroundingConfig:
         if not isinstance(self.prompt, str):
             raise ValueError("prompt must be a string")
 
-    @classmethod
-    def from_dict(cls, data: Any) -> GroundingConfig:
-        if not isinstance(data, dict):
-            raise ValueError("config must be an object")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def public(self) -> dict[str, Any]:
-        return {**asdict(self), "grid": list(self.grid)}
-
-
-def read_config(directory: Path) -> tuple[dict[str, Any], GroundingConfig]:
-    manifest = GroundingKind.read_manifest(directory)
-    try:
-        return manifest, GroundingConfig.from_dict(manifest.get("config") or {})
-    except (TypeError, ValueError) as exc:
-        raise InvalidAdapter(f"{MANIFEST}: bad grounding config: {exc}", param="source") from exc
-
 
 @register_kind
 class GroundingKind(RuntimeKind):
@@ -90,15 +81,13 @@ class GroundingKind(RuntimeKind):
     trainer = "floe.adapters.grounding.cli:train_grounding"
     demo = "floe.adapters.grounding.demo:build"
 
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
+    config = GroundingConfig
+    files = (HEAD,)
+
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: GroundingConfig,
+                 limits: EngineLimits) -> AdapterInfo:
         from floe.server.kinds import safetensors_shapes
 
-        directory = Path(directory)
-        manifest, cfg = read_config(directory)
-        if manifest.get("kind") != KIND:
-            raise InvalidAdapter(f"{MANIFEST} must say \"kind\": \"{KIND}\"", param="source")
-        if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
-            raise InvalidAdapter(f"{MANIFEST}: a grounding adapter must name its base_model", param="source")
         vision = manifest.get("vision")
         if not isinstance(vision, dict) or not isinstance(vision.get("name"), str):
             raise InvalidAdapter(f"{MANIFEST}: `vision` must name the vision adapter it grounds "

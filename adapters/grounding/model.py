@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from floe.adapters.grounding import HEAD, KIND, MANIFEST, VISION, GroundingConfig, read_config
+from floe.adapters.grounding import HEAD, KIND, MANIFEST, VISION, GroundingConfig
 from floe.adapters.grounding.head import MaskHead
 from floe.adapters.vision.chat import expand, placeholder_tokenizer, render_ids
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import InvalidAdapter
+from floe.server.kinds import InvalidAdapter, get_kind
 
 
 @dataclass(eq=False)
@@ -246,7 +246,9 @@ def load(directory: Path, model_dir: Path) -> GroundingAdapter:
     from floe.adapters.vision.model import load as load_vision
 
     directory = Path(directory)
-    manifest, cfg = read_config(directory)
+    kind = get_kind(KIND)
+    manifest = kind.read_manifest(directory)
+    cfg = kind.parse_config(manifest)
     vision = load_vision(directory / VISION, llm_width(model_dir))
     head = MaskHead(cfg.attention_channels, cfg.grid, cfg.upsample, cfg.channels)
     try:

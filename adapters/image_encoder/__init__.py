@@ -4,12 +4,11 @@ POST /v1/embeddings. Torch-free: the network, the image decoding and `write` liv
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import InvalidAdapter, KindConfig, RuntimeKind, group_by_adapter, register_kind
+from floe.server.kinds import KindConfig, RuntimeKind, group_by_adapter, register_kind
 from floe.server.schemas.embeddings import EmbedCall, EmbedResult
 
 if TYPE_CHECKING:
@@ -51,18 +50,12 @@ class ImageEncoderKind(RuntimeKind):
     name = KIND
     serves = ("embeddings",)
 
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        manifest = self.own_manifest(directory)
-        if not (directory / VISION / "config.json").is_file():
-            raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/config.json (a ViT)", param="source")
-        if not any((directory / VISION).glob("*.safetensors")):
-            raise InvalidAdapter(f"an image_encoder adapter needs {VISION}/*.safetensors", param="source")
-        self.require_files(directory, PROJECTOR)
-        try:
-            cfg = ImageEncoderConfig.from_dict(manifest.get("config") or {})
-            vit_cfg = json.loads((directory / VISION / "config.json").read_text())
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"bad image_encoder adapter: {exc}", param="source") from exc
+    config = ImageEncoderConfig
+    files = (f"{VISION}/config.json", PROJECTOR)
+
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: ImageEncoderConfig,
+                 limits: EngineLimits) -> AdapterInfo:
+        vit_cfg = self.require_model_dir(directory, VISION, "a ViT")
         return self.info(manifest, **cfg.public(), image_size=vit_cfg.get("image_size"),
                          patch_size=vit_cfg.get("patch_size"))
 

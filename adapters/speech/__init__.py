@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import MANIFEST, AdapterInfo, EngineLimits, InvalidAdapter, RuntimeKind, register_kind
+from floe.server.kinds import AdapterInfo, EngineLimits, RuntimeKind, register_kind
 
 if TYPE_CHECKING:
     from floe.adapters.speech.session import SessionState
@@ -113,19 +113,11 @@ class SpeechKind(RuntimeKind):
     serves = ("realtime", "transcriptions", "speech")
     demo = "floe.adapters.speech.demo:build"
 
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        directory = Path(directory)
-        manifest = self.read_manifest(directory)
-        if manifest.get("kind") != KIND:
-            raise InvalidAdapter(f"{MANIFEST}: a speech adapter needs \"kind\": \"{KIND}\"", param="source")
-        if not isinstance(manifest.get("base_model"), str):
-            raise InvalidAdapter(f"{MANIFEST}: a speech adapter must name its base_model "
-                                 "(the base checkpoint's fingerprint)", param="source")
-        try:
-            cfg = SpeechConfig.from_dict(manifest.get("config") or {})
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"{MANIFEST}: bad speech config: {exc}", param="source") from exc
-        self.require_files(directory, WEIGHTS)
+    config = SpeechConfig
+    files = (WEIGHTS,)
+
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: SpeechConfig,
+                 limits: EngineLimits) -> AdapterInfo:
         return self.info(manifest, **cfg.public(), input_sample_rate=INPUT_SAMPLE_RATE,
                          voice=manifest.get("voice", "griffin-lim"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import MANIFEST, InvalidAdapter, KindConfig, RuntimeKind, register_kind
+from floe.server.kinds import KindConfig, RuntimeKind, register_kind
 from floe.server.schemas.forecasts import ForecastCall, ForecastResult
 
 if TYPE_CHECKING:
@@ -64,14 +64,11 @@ class TimeseriesKind(RuntimeKind):
     serves = ("forecasts",)
     trainer = "floe.adapters.timeseries.cli:train_timeseries"
 
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        manifest = self.own_manifest(directory)
-        if not (directory / WEIGHTS).is_file():
-            raise InvalidAdapter(f"a timeseries adapter needs {WEIGHTS}", param="source")
-        try:
-            cfg = TimeLLMConfig.from_dict(manifest.get("config") or {})
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"{MANIFEST}: bad config: {exc}", param="source") from exc
+    config = TimeLLMConfig
+    files = (WEIGHTS,)
+
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: TimeLLMConfig,
+                 limits: EngineLimits) -> AdapterInfo:
         return self.info(manifest, seq_len=cfg.seq_len, horizon=cfg.horizon, description=cfg.description)
 
     # -- execution ---------------------------------------------------------------------------

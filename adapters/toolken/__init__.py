@@ -139,15 +139,10 @@ class ToolkenKind(LLMKind):
     trainer = "floe.adapters.toolken.cli:train_toolken"
     demo = "floe.adapters.toolken.demo:build"
 
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        directory = Path(directory)
-        manifest = self.read_manifest(directory)
-        if manifest.get("kind") != KIND:
-            raise InvalidAdapter(f'{MANIFEST} must say "kind": "{KIND}"', param="source")
-        if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
-            raise InvalidAdapter(f"{MANIFEST}: a toolken adapter must name its base_model "
-                                 "(the base checkpoint's fingerprint)", param="source")
-        self.require_files(directory, WEIGHTS, TOOLS)
+    files = (WEIGHTS, TOOLS)
+
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: None,
+                 limits: EngineLimits) -> AdapterInfo:
         tools = parse_tools(self.read_json(directory, TOOLS))
         shapes = safetensors_shapes(directory / WEIGHTS)
         embedding = shapes.get("embedding")

@@ -21,7 +21,6 @@ An adapter directory:
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,23 +113,12 @@ class VisionKind(SoftTokenKind):
     trainer = "floe.adapters.vision.cli:train_vision"
     demo = "floe.adapters.vision.demo:build"
 
-    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
-        directory = Path(directory)
-        manifest = self.own_manifest(directory)
-        tower_config = directory / TOWER / "config.json"
-        if not tower_config.is_file():
-            raise InvalidAdapter(f"a vision adapter needs {TOWER}/config.json (a Hugging Face vision model)",
-                                 param="source")
-        if not any((directory / TOWER).glob("*.safetensors")):
-            raise InvalidAdapter(f"a vision adapter needs {TOWER}/*.safetensors", param="source")
-        self.require_files(directory, PROJECTOR)
-        try:
-            cfg = VisionConfig.from_dict(manifest.get("config") or {})
-            tower_cfg = json.loads(tower_config.read_text())
-        except (TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"bad vision adapter: {exc}", param="source") from exc
-        if not isinstance(tower_cfg, dict):
-            raise InvalidAdapter(f"{TOWER}/config.json must be a JSON object", param="source")
+    config = VisionConfig
+    files = (f"{TOWER}/config.json", PROJECTOR)
+
+    def describe(self, directory: Path, manifest: dict[str, Any], cfg: VisionConfig,
+                 limits: EngineLimits) -> AdapterInfo:
+        tower_cfg = self.require_model_dir(directory, TOWER, "a Hugging Face vision model")
         d_vis, n_layers, tower_size, patch = tower_geometry(tower_cfg)
         for layer in cfg.layers:
             if not -(n_layers + 1) <= layer <= n_layers:
