@@ -228,8 +228,6 @@ def test_tool_calls_on_a_lora_adapter(openai_client, admin, live_server):
     assert len(streamed) == 1 and _valid(*streamed[0]) is not None
 
 
-@pytest.mark.xfail(reason="known bug (issue 11 note): streamed `required` on this seeded LoRA gives arguments "
-                          "with a raw control character inside a JSON string, which json.loads refuses")
 def test_streamed_required_tool_call_on_a_lora_adapter_is_valid_json(openai_client, admin, live_server):
     source = make_adapter(live_server.adapter_root, "tool-bot-2", live_server.model_dir, seed=51)
     assert admin.post("/v1/adapters", json={"name": "tool-bot-2", "source": str(source)}).status_code == 201
