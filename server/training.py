@@ -81,6 +81,21 @@ def base_model_dir(model: Path | None) -> Path:
     return directory
 
 
+def descend(opt: Any, loss: Any, *, sched: Any = None, clip: Any = None, max_norm: float = 1.0) -> float:
+    """One optimiser step on `loss` (gradient norm of the `clip` parameters capped at `max_norm`,
+    then the schedule's step); the loss as a float, for the progress line."""
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(clip, max_norm)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return float(loss.detach())
+
+
 @contextmanager
 def training(console: Any) -> Iterator[Progress]:
     """A progress bar (steps, ETA, the latest metrics) for a trainer's `progress` callback; a

@@ -33,6 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from floe.adapters.audio import AudioConfig
+from floe.server.training import descend
 
 WORDS = ("red", "green", "blue", "yellow", "black", "white", "one", "two", "three", "four", "five", "six")
 TRAIN_VOICES = ("en-us+m1", "en-us+f2", "en-gb+m3", "en-gb+f4", "en-029+m2", "en-gb-x-rp+f1")
@@ -103,11 +104,9 @@ def train_encoder(model, clips: list[torch.Tensor], labels: list[int], epochs: i
             states, smask = encoder(feats, mask.sum(1))
             pooled = (states * smask[..., None]).sum(1) / smask.sum(1, keepdim=True)
             loss = F.cross_entropy(head(pooled), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            last = descend(opt, loss)
     encoder.eval().requires_grad_(False)
-    return float(loss.detach())
+    return last
 
 
 def build(base_dir: Path, out: Path) -> Path:

@@ -28,7 +28,7 @@ from floe.adapters.audio.decode import fbank
 from floe.adapters.audio.model import AudioModel, EmbeddingRows, clip_pcm, init_output_scale, instruction_of
 from floe.adapters.audio.reference import is_clip, placeholder_conversation, placeholder_tokenizer, render, splice
 from floe.server.errors import InvalidRequest
-from floe.server.training import Progress, TrainSettings, chat_lines
+from floe.server.training import Progress, TrainSettings, chat_lines, descend
 
 MAX_AUDIO_S = 60.0
 MAX_BYTES = 64 * 2**20
@@ -171,13 +171,8 @@ def train_aligner(llm, model: AudioModel, table: torch.Tensor, pid: int, train: 
         rng.shuffle(order)
         for i in range(0, len(order), tcfg.batch_size):
             loss = loss_of(llm, model, table, pid, [train[j] for j in order[i:i + tcfg.batch_size]])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.aligner.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            metrics["train_loss"] = descend(opt, loss, sched=sched, clip=model.aligner.parameters())
             step += 1
-            metrics["train_loss"] = float(loss.detach())
             if progress:
                 progress(step, total, metrics)
         model.aligner.eval()

@@ -28,8 +28,8 @@ from floe.adapters.grounding.data import Ref, read
 from floe.adapters.grounding.head import MaskHead
 from floe.adapters.grounding.masks import miou_ciou
 from floe.adapters.grounding.model import GroundingAdapter, attention_maps, embed, sequence
+from floe.server.training import Progress, descend
 
-Progress = Any  # floe.server.training.Progress: (step, total, metrics) -> None
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
@@ -130,10 +130,7 @@ def fit(head: MaskHead, train_set: list[Sample], val_set: list[Sample], tcfg: Tr
         for k in range(steps_per_epoch):
             idx = order[k * tcfg.batch_size:(k + 1) * tcfg.batch_size]
             loss = loss_fn(head(maps[idx]), target[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            decay.step()
+            descend(opt, loss, sched=decay)
             step += 1
         miou, _ = miou_ciou(list(zip(predict(head, val_set, threshold), [s.mask for s in val_set])))
         history.append(round(miou, 4))

@@ -16,7 +16,7 @@ import torch
 
 from floe.adapters.timeseries import TimeLLMConfig
 from floe.adapters.timeseries.model import TimeLLM, save
-from floe.server.training import Progress, TrainSettings
+from floe.server.training import Progress, TrainSettings, descend
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,8 @@ def train(llm, series: dict[str, list[float]], cfg: TimeLLMConfig, tcfg: TrainCo
         for i in range(0, len(order), tcfg.batch_size):
             idx = order[i:i + tcfg.batch_size]
             loss = normalised_mse(net(llm, x_tr[idx]), x_tr[idx], y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            metrics["train_loss"] = descend(opt, loss)
             step += 1
-            metrics["train_loss"] = float(loss.detach())
             if progress:
                 progress(step, total, metrics)
         net.eval()

@@ -24,6 +24,7 @@ import torch
 
 from floe.adapters.toolken import KIND, MANIFEST, TOOLS, WEIGHTS, parse_tools
 from floe.server.kinds import InvalidAdapter
+from floe.server.training import descend
 
 Progress = Callable[[int, int, dict[str, float]], None]
 FIELDS = ("hidden", "lse", "head_max", "target_logit", "tool", "turn")
@@ -211,12 +212,10 @@ def fit(f_train: Features, f_val: Features | None, n_tools: int, cfg: TrainConfi
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             part = Features(*(getattr(f_train, k)[idx] for k in FIELDS))
             loss, _ = loss_and_hits(embedding, part)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            last = descend(opt, loss)
             step += 1
             if progress:
-                progress(step, total, {"loss": float(loss)})
+                progress(step, total, {"loss": last})
         report = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in evaluate(embedding.detach(), f_train).items()}}
         if f_val is not None:
             report.update({f"val_{k}": v for k, v in evaluate(embedding.detach(), f_val).items()})

@@ -24,6 +24,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from floe.server.training import descend
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 210, 30),
            "purple": (140, 40, 170), "orange": (240, 130, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -157,10 +159,8 @@ def fit_caption_tokens(lm: Any, tokenizer: Any, placeholder: int, n_tokens: int,
     for _ in range(steps or CAPTION_STEPS):  # every caption once a step, each with a random prompt
         batch = [rows[rng.randrange(len(PROMPTS))][k] for k in range(len(captions))]
         loss = loss_of(None, lm, placeholder, batch, soft=tokens)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return tokens.detach(), float(loss.detach())
+        last = descend(opt, loss)
+    return tokens.detach(), last
 
 
 def fit_encoder(adapter: Any, targets: Any, rng: random.Random, steps: int | None = None,
@@ -179,12 +179,9 @@ def fit_encoder(adapter: Any, targets: Any, rng: random.Random, steps: int | Non
         pixels = torch.from_numpy(adapter.preprocess([img for img, _, _ in drawn]))
         want = targets[torch.tensor([index[caption(c, s)] for _, c, s in drawn])]
         loss = ((adapter(pixels) - want) ** 2).mean() / scale
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        decay.step()
+        last = descend(opt, loss, sched=decay)
     adapter.eval().requires_grad_(False)
-    return float(loss.detach())
+    return last
 
 
 def build(base_dir: Path, out: Path) -> Path:

@@ -25,7 +25,7 @@ import torch
 from floe.adapters.vision.chat import PLACEHOLDER, expand, placeholder_tokenizer, render_ids
 from floe.adapters.vision.images import decode_image, image_url
 from floe.adapters.vision.model import VisionAdapter
-from floe.server.training import Progress, TrainSettings, chat_lines
+from floe.server.training import Progress, TrainSettings, chat_lines, descend
 
 MAX_PIXELS = 16_000_000
 
@@ -196,10 +196,8 @@ def answer_tokens(lm: Any, placeholder: int, train_set: list[Encoded], n_tokens:
     for _ in range(tcfg.distill_steps):
         batch = rng.sample(train_set, min(tcfg.batch_size, len(train_set)))
         loss = loss_of(None, lm, placeholder, batch, soft=tokens[[index[e.target] for e in batch]])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return tokens.detach(), index, float(loss.detach())
+        last = descend(opt, loss)
+    return tokens.detach(), index, last
 
 
 def regression_loss(adapter: VisionAdapter, items: list[Encoded], targets: torch.Tensor, index: dict[str, int],
@@ -250,13 +248,8 @@ def train(adapter: VisionAdapter, lm: Any, tokenizer: Any, placeholder: int, tra
             batch = [train_set[j] for j in order[i:i + tcfg.batch_size]]
             loss = (regression_loss(adapter, batch, targets, index, scale) if distill
                     else loss_of(adapter, lm, placeholder, batch))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if distill:
-                decay.step()
+            metrics["train_mse" if distill else "train_loss"] = descend(opt, loss, sched=decay if distill else None)
             step += 1
-            metrics["train_mse" if distill else "train_loss"] = float(loss.detach())
             if progress:
                 progress(step, total, metrics)
             if step >= total:
