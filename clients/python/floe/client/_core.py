@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -152,6 +152,28 @@ def openai_client(options: ClientOptions, class_name: str, **kwargs: Any) -> Any
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("Floe.openai() needs the openai package: pip install 'floe-client[openai]'") from exc
     return getattr(openai, class_name)(**{**options.openai_kwargs(), **kwargs})
+
+
+class ClientBase:
+    """The constructor `Floe` and `AsyncFloe` share: options from arguments and environment, one
+    pooled httpx client (`_http_class`: httpx.Client or httpx.AsyncClient), then `_attach`."""
+
+    _http_class: ClassVar[Callable[..., Any]]
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
+                 admin_key: str | None = None, timeout: float | httpx.Timeout = 60.0,
+                 max_retries: int = 3, backoff_base_s: float = 0.5, backoff_max_s: float = 8.0,
+                 max_retry_after_s: float = 60.0, headers: dict[str, str] | None = None,
+                 transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None) -> None:
+        self.options = ClientOptions.build(base_url, api_key, admin_key, timeout, max_retries,
+                                           backoff_base_s, backoff_max_s, max_retry_after_s, headers)
+        self._http = self._http_class(base_url=self.options.base_url, timeout=self.options.timeout,
+                                      headers=self.options.headers, transport=transport)
+        self._attach()
+
+    def _attach(self) -> None:
+        """Create the endpoint groups (`adapters`, `embeddings`, ...)."""
+        raise NotImplementedError
 
 
 class Resource:

@@ -9,14 +9,14 @@ import httpx
 
 from floe.client import _calls as calls
 from floe.client import types as t
-from floe.client._core import Call, ClientOptions, Resource, after_attempt, openai_client
+from floe.client._core import Call, ClientBase, Resource, after_attempt, openai_client
 from floe.client.errors import APIConnectionError, APITimeoutError
 from floe.client.segmentations import Segmentations
 
 T = TypeVar("T")
 
 
-class Floe:
+class Floe(ClientBase):
     """Client for floe's own endpoints. For chat, completions and models use `openai()`.
 
         with Floe("http://127.0.0.1:8000", api_key="...", admin_key="...") as floe:
@@ -24,15 +24,9 @@ class Floe:
             reply = floe.openai().chat.completions.create(model="support-bot", messages=[...])
     """
 
-    def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
-                 admin_key: str | None = None, timeout: float | httpx.Timeout = 60.0,
-                 max_retries: int = 3, backoff_base_s: float = 0.5, backoff_max_s: float = 8.0,
-                 max_retry_after_s: float = 60.0, headers: dict[str, str] | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.options = ClientOptions.build(base_url, api_key, admin_key, timeout, max_retries,
-                                           backoff_base_s, backoff_max_s, max_retry_after_s, headers)
-        self._http = httpx.Client(base_url=self.options.base_url, timeout=self.options.timeout,
-                                  headers=self.options.headers, transport=transport)
+    _http_class = httpx.Client
+
+    def _attach(self) -> None:
         self.adapters = Adapters(self)
         self.embeddings = Embeddings(self)
         self.forecasts = Forecasts(self)
