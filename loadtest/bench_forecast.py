@@ -107,8 +107,8 @@ def throughput(model_dir: Path, adapter: Path, series: list[float], requests: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=5, help="Time-LLM training epochs on the 108 months")
+    parser.add_argument("--requests", type=int, default=64, help="concurrent forecasts per batching setting")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# OpenAI's error `type` by HTTP status; other 4xx are `invalid_request_error`
+TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error",
+         500: "internal_error", 503: "service_unavailable"}
+
 
 class FloeError(Exception):
     """Base of every error floe reports to a client."""
@@ -16,6 +20,15 @@ class FloeError(Exception):
     status: int = 500
     type: str = "internal_error"
     code: str | None = None
+
+    def __init_subclass__(cls, status: int | None = None, code: str | None = "", **kwargs: Any) -> None:
+        """`class Conflict(FloeError, status=409, code="conflict")`: the status sets the OpenAI
+        error `type` (`TYPES`); `code` is the body's default code."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status, cls.type = status, TYPES.get(status, "invalid_request_error")
+        if code != "":
+            cls.code = code
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -38,44 +51,44 @@ def _rebuild(cls, message, param, code, headers):
     return cls(message, param=param, code=code, headers=headers)
 
 
-class InvalidRequest(FloeError):
-    status, type, code = 400, "invalid_request_error", None
+class InvalidRequest(FloeError, status=400, code=None):
+    """Malformed input, or a value the server cannot take."""
 
 
-class AuthenticationFailed(FloeError):
-    status, type, code = 401, "authentication_error", "invalid_api_key"
+class AuthenticationFailed(FloeError, status=401, code="invalid_api_key"):
+    """No key, or not a key this server knows."""
 
 
-class PermissionDenied(FloeError):
-    status, type, code = 403, "permission_error", "permission_denied"
+class PermissionDenied(FloeError, status=403, code="permission_denied"):
+    """A known key that may not do this (adapter admin), or a source outside the allowed roots."""
 
 
-class NotFound(FloeError):
-    status, type, code = 404, "invalid_request_error", "not_found"
+class NotFound(FloeError, status=404, code="not_found"):
+    """A route, adapter, collection or session that does not exist."""
 
 
-class ModelNotFound(NotFound):
-    code = "model_not_found"
+class ModelNotFound(NotFound, code="model_not_found"):
+    """OpenAI's answer for an unknown `model`."""
 
 
-class Conflict(FloeError):
-    status, type, code = 409, "invalid_request_error", "conflict"
+class Conflict(FloeError, status=409, code="conflict"):
+    """A name already taken by something else."""
 
 
-class PayloadTooLarge(FloeError):
-    status, type, code = 413, "invalid_request_error", "request_too_large"
+class PayloadTooLarge(FloeError, status=413, code="request_too_large"):
+    """A body, image or clip over the configured limit."""
 
 
-class Overloaded(FloeError):
-    status, type, code = 429, "rate_limit_error", "overloaded"
+class Overloaded(FloeError, status=429, code="overloaded"):
+    """Queues are full: retry after `Retry-After`."""
 
 
-class NotReady(FloeError):
-    status, type, code = 503, "service_unavailable", "not_ready"
+class NotReady(FloeError, status=503, code="not_ready"):
+    """The engine or a replica is not (yet, or no longer) able to answer."""
 
 
-class EngineError(FloeError):
-    status, type, code = 500, "internal_error", "engine_error"
+class EngineError(FloeError, status=500, code="engine_error"):
+    """The engine failed on a request it had accepted."""
 
 
 _BY_STATUS: dict[int, type[FloeError]] = {

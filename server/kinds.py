@@ -26,7 +26,7 @@ import dataclasses
 import json
 import struct
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -273,6 +273,23 @@ def group_by_adapter(batch: Sequence[tuple[Any, Any]]) -> list[list[int]]:
     for i, (loaded, _) in enumerate(batch):
         groups[id(loaded)].append(i)
     return list(groups.values())
+
+
+def stacked_forward(batch: Sequence[tuple[Any, Any]], rows: Callable[[Any], Any],
+                    forward: Callable[[Any, Any], Any]) -> list[Any]:
+    """The FrozenRuntime's usual batching: per adapter, one `forward(loaded, x)` over the rows of
+    all its items stacked (`rows(item)`: a tensor, one row per input); each item's own rows of
+    the output, in batch order. torch is imported here, so the seam stays torch-free to import."""
+    import torch
+
+    out: list[Any] = [None] * len(batch)
+    with torch.no_grad():
+        for indices in group_by_adapter(batch):
+            parts = [rows(batch[i][1]) for i in indices]
+            result = forward(batch[indices[0]][0], torch.cat(parts))
+            for i, piece in zip(indices, torch.split(result, [p.shape[0] for p in parts]), strict=True):
+                out[i] = piece
+    return out
 
 
 _KINDS: dict[str, AdapterKind] = {}

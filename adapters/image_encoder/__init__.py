@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floe.server.kinds import KindConfig, RuntimeKind, group_by_adapter, register_kind
+from floe.server.kinds import KindConfig, RuntimeKind, register_kind, stacked_forward
 from floe.server.schemas.embeddings import EmbedCall, EmbedResult
 
 if TYPE_CHECKING:
@@ -76,17 +76,7 @@ class ImageEncoderKind(RuntimeKind):
 
     def run(self, backbone: RuntimeBackbone, batch: list[tuple[ImageEncoder, ImageItem]]
             ) -> list[EmbedResult]:
-        import torch
-
-        results: list[Any] = [None] * len(batch)
-        with torch.no_grad():
-            for indices in group_by_adapter(batch):
-                encoder = batch[indices[0]][0]
-                vectors = encoder(torch.cat([batch[i][1].pixels for i in indices]))  # one ViT forward
-                offset = 0
-                for i in indices:
-                    n = batch[i][1].pixels.shape[0]
-                    results[i] = EmbedResult(vectors[offset:offset + n].tolist(), encoder.num_tokens * n,
-                                             encoder.cfg.normalize)
-                    offset += n
-        return results
+        # every image of every request of one adapter in one ViT forward
+        outs = stacked_forward(batch, lambda item: item.pixels, lambda encoder, x: encoder(x))
+        return [EmbedResult(vectors.tolist(), encoder.num_tokens * vectors.shape[0], encoder.cfg.normalize)
+                for (encoder, _), vectors in zip(batch, outs, strict=True)]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from floe.server.errors import InvalidRequest
-from floe.server.kinds import KindConfig, RuntimeKind, register_kind
+from floe.server.kinds import KindConfig, RuntimeKind, register_kind, stacked_forward
 from floe.server.schemas.forecasts import ForecastCall, ForecastResult
 
 if TYPE_CHECKING:
@@ -94,21 +94,7 @@ class TimeseriesKind(RuntimeKind):
 
     def run(self, backbone: RuntimeBackbone, batch: list[tuple[TimeLLM, ForecastItem]]
             ) -> list[ForecastResult]:
-        import torch
-
-        from floe.server.kinds import group_by_adapter
-
-        results: list[Any] = [None] * len(batch)
-        with torch.no_grad():
-            for indices in group_by_adapter(batch):
-                net = batch[indices[0]][0]
-                series = torch.cat([batch[i][1].series for i in indices])  # every channel of every request
-                out = net(backbone.llm, series)  # [sum channels, adapter horizon]
-                offset = 0
-                for i in indices:
-                    item = batch[i][1]
-                    n = item.series.shape[0]
-                    results[i] = ForecastResult(forecasts=out[offset:offset + n, :item.horizon].tolist(),
-                                                seq_len=net.cfg.seq_len, horizon=item.horizon)
-                    offset += n
-        return results
+        # every channel of every request of one adapter in one forward: [channels, adapter horizon]
+        outs = stacked_forward(batch, lambda item: item.series, lambda net, x: net(backbone.llm, x))
+        return [ForecastResult(forecasts=out[:, :item.horizon].tolist(), seq_len=net.cfg.seq_len,
+                               horizon=item.horizon) for (net, item), out in zip(batch, outs, strict=True)]

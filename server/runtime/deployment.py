@@ -21,7 +21,7 @@ from floe.server.config import FloeConfig
 from floe.server.errors import InvalidRequest
 from floe.server.multiplex import multiplexed
 from floe.server.registry import snapshots
-from floe.server.runtime.engine import Resident, RuntimeEngine
+from floe.server.runtime.engine import Resident, RuntimeBackbone, RuntimeEngine
 from floe.server.runtime.messages import RuntimeCall
 
 log = logging.getLogger("floe.runtime")
@@ -49,12 +49,9 @@ class FrozenRuntime:
             return self._engine
 
     def _build_engine(self) -> RuntimeEngine:
-        from floe.server.models import resolve_base_model
-        from floe.server.runtime.model import FrozenModel
-
         # NOTE: kinds run their forwards under torch.no_grad(); grad mode is per thread anyway.
-        model_dir, _ = resolve_base_model(self._config)
-        return RuntimeEngine(FrozenModel(model_dir, self._config.runtime.dtype), self._config.runtime)
+        backbone = RuntimeBackbone.from_config(self._config)
+        return RuntimeEngine(backbone.llm, backbone.config)
 
     @property
     def engine(self) -> RuntimeEngine:

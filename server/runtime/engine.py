@@ -28,6 +28,14 @@ class RuntimeBackbone:
     llm: FrozenModel
     config: RuntimeConfig
 
+    @classmethod
+    def from_config(cls, config: Any) -> RuntimeBackbone:
+        """The served base checkpoint of a FloeConfig, loaded once per replica for every kind."""
+        from floe.server.models import resolve_base_model
+
+        model_dir, _ = resolve_base_model(config)
+        return cls(FrozenModel(model_dir, config.runtime.dtype), config.runtime)
+
 
 @dataclass(eq=False)
 class Resident:

@@ -80,12 +80,9 @@ class SessionRuntime:
             return self._backbone
 
     def _build_backbone(self) -> Any:
-        from floe.server.models import resolve_base_model
         from floe.server.runtime.engine import RuntimeBackbone
-        from floe.server.runtime.model import FrozenModel
 
-        model_dir, _ = resolve_base_model(self._config)
-        return RuntimeBackbone(FrozenModel(model_dir, self._config.runtime.dtype), self._config.runtime)
+        return RuntimeBackbone.from_config(self._config)
 
     async def _adapter(self, ref: AdapterRef) -> Any:
         from floe.server.kinds import get_kind
