@@ -29,9 +29,9 @@ MODULE = textwrap.dedent('''
     class BagKind(RuntimeKind):
         name = "bag"
         serves = ("embeddings",)
+        needs_base = False
 
-        def manifest(self, directory, limits):
-            manifest = self.read_manifest(directory)
+        def describe(self, directory, manifest, cfg, limits):
             return self.info(manifest, scale=float(manifest.get("scale", 1.0)))
 
         def load(self, directory, backbone, ref):
