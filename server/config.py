@@ -84,11 +84,42 @@ class HttpConfig(BaseModel):
     ready_timeout_s: float = Field(5.0, gt=0)
 
 
+class KeyLimitsConfig(BaseModel):
+    """What each key (every API key, and the admin key) may do on its own; None: no limit.
+
+    Scope: each gateway replica enforces its share, 1/`deployment.gateway_replicas` of each figure
+    (rounded up), with no call between replicas. Cluster-wide the figures hold (within the
+    rounding) while Serve spreads a key's requests over the replicas; a key whose requests all
+    reach one replica is refused at that replica's share. With one gateway replica they are exact.
+    """
+
+    max_concurrent: int | None = Field(None, gt=0, description="Requests one key has open at once (a "
+                                       "stream until its end, a realtime session until it closes); "
+                                       "more get 429.")
+    requests_per_minute: int | None = Field(None, gt=0, description="Sustained request rate of one key "
+                                            "(a token bucket); beyond it: 429 with Retry-After.")
+    burst: int | None = Field(None, gt=0, description="Requests one key may send at once, the bucket's "
+                              "size; default: requests_per_minute.")
+
+
 class AuthConfig(BaseModel):
+    """Keys. With API keys set, every route needs one, except the probes (`protect_probes`), the
+    playground's static files (they hold no data; the page sends the key its user types) and the
+    docs when `protect_docs` is off."""
+
     # NoDecode: FLOE_AUTH__API_KEYS may be "k1,k2" as well as a JSON list; `_split` parses both.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list,
                                                           description="Empty: no key required.")
-    admin_key: SecretStr | None = Field(None, description="Required for /v1/adapters writes when set.")
+    admin_key: SecretStr | None = Field(None, description="The only key that may use /v1/adapters; unset "
+                                        "with api_keys set: nobody may.")
+    protect_docs: bool | None = Field(None, description="/docs, /redoc and /openapi.json need a key; "
+                                      "default: when api_keys are set.")
+    protect_probes: bool = Field(False, description="/health and /ready need a key too. Off by default: "
+                                 "Kubernetes probes send none, and the probes tell only up / ready.")
+    audit_log: Path | None = Field(None, description="Also append the audit log's JSON lines (one per "
+                                   "adapter-administration request) to this file; they always go to "
+                                   "the `floe.audit` logger on stderr.")
+    limits: KeyLimitsConfig = Field(default_factory=KeyLimitsConfig)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -83,6 +83,10 @@ class Overloaded(FloeError, status=429, code="overloaded"):
     """Queues are full: retry after `Retry-After`."""
 
 
+class RateLimited(FloeError, status=429, code="rate_limit_exceeded"):
+    """A key over its own limits (`auth.limits`): retry after `Retry-After`."""
+
+
 class NotReady(FloeError, status=503, code="not_ready"):
     """The engine or a replica is not (yet, or no longer) able to answer."""
 

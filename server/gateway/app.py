@@ -1,9 +1,10 @@
-"""FastAPI assembly of the gateway: every family's router, error handlers. No Ray here."""
+"""FastAPI assembly of the gateway: every family's router, error handlers, the key guard. No Ray here."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from floe.server.gateway.auth import install_key_guard
 from floe.server.gateway.errors import install_error_handlers
 from floe.server.gateway.state import GatewayState
 
@@ -13,6 +14,7 @@ def create_app(state: GatewayState) -> FastAPI:
                   description="Frozen multimodal models as APIs, adapters hot-swapped per request.")
     app.state.floe = state
     install_error_handlers(app)
+    install_key_guard(app, state.config.auth, state.keys, state.config.deployment.gateway_replicas)
     for family in state.families:
         app.include_router(family.router)
     return app

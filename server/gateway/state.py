@@ -54,11 +54,3 @@ def service(name: str) -> Callable[[Request], Any]:
         return gateway_state(request).service(name)
 
     return dependency
-
-
-def api_auth(request: Request) -> None:
-    gateway_state(request).keys.check_api(request)
-
-
-def admin_auth(request: Request) -> None:
-    gateway_state(request).keys.check_admin(request)

@@ -101,7 +101,10 @@ class AdapterRegistry:
         self._check_name(name)
         directory = snapshots.resolve_source(source, self._roots)
         # NOTE: hashing and copying can take seconds for big adapters: off the event loop.
-        digest = await asyncio.to_thread(snapshots.content_hash, directory)
+        try:
+            digest = await asyncio.to_thread(snapshots.content_hash, directory)
+        except OSError as exc:  # an unreadable file is the source's fault, not the server's
+            raise InvalidRequest(f"source {source!r} cannot be read: {exc}", param="source") from exc
         path = await asyncio.to_thread(snapshots.snapshot, directory, digest, self._state_dir)
         info = await asyncio.to_thread(inspect_adapter, path, self._limits)
         async with self._lock:

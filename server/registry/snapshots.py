@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from floe.server.errors import InvalidRequest, PermissionDenied
 
@@ -19,7 +19,13 @@ CHUNK = 1 << 20
 
 
 def resolve_source(source: str, roots: list[Path]) -> Path:
-    """The real directory `source` names, provided it lies under an allowed root."""
+    """The real directory `source` names, provided it lies under an allowed root.
+
+    Links and `..` are resolved before the root check, so neither leads outside a root; an
+    archive (any file) is refused: floe unpacks nothing, so no archive member can land outside
+    the snapshot."""
+    if "\0" in source:
+        raise InvalidRequest("source: a path cannot contain NUL characters", param="source")
     if "://" in source:
         raise InvalidRequest(
             f"source {source!r}: only local directories under the configured adapter roots "
@@ -30,7 +36,10 @@ def resolve_source(source: str, roots: list[Path]) -> Path:
             "no adapter roots are configured; start the server with --adapter-root DIR",
             param="source",
         )
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError as exc:  # `~user` of no known user
+        raise InvalidRequest(f"source {source!r}: {exc}", param="source") from exc
     real = Path(os.path.realpath(path))
     for root in roots:
         real_root = Path(os.path.realpath(root))
@@ -40,8 +49,13 @@ def resolve_source(source: str, roots: list[Path]) -> Path:
         raise PermissionDenied(
             f"source {source!r} is outside the allowed adapter roots", param="source"
         )
-    if not real.is_dir():
-        raise InvalidRequest(f"source {source!r} is not a directory", param="source")
+    try:
+        is_dir, exists = real.is_dir(), real.exists()
+    except OSError as exc:  # e.g. a name too long for the filesystem
+        raise InvalidRequest(f"source {source!r} cannot be read: {exc.strerror}", param="source") from exc
+    if not is_dir:
+        what = "a file; archives are not accepted, unpack it into a directory" if exists else "not a directory"
+        raise InvalidRequest(f"source {source!r} is {what}", param="source")
     return real
 
 
@@ -104,7 +118,9 @@ def snapshot(directory: Path, digest: str, state_dir: Path) -> Path:
     def fill(tmp: Path) -> None:
         for rel in adapter_files(directory):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(directory / rel, tmp / rel)
+            # NOTE: a file swapped for a link after the listing is copied as the link, which the
+            # hash check then refuses, never as the file it points to.
+            shutil.copy2(directory / rel, tmp / rel, follow_symlinks=False)
 
     return _publish(state_dir / digest, digest, fill)
 
@@ -113,15 +129,24 @@ def read_snapshot(path: Path) -> dict[str, bytes]:
     return {str(rel): (path / rel).read_bytes() for rel in adapter_files(path)}
 
 
+def member_path(rel: str) -> PurePosixPath:
+    """A snapshot member's name as a path inside the snapshot, or 400: only plain relative names
+    (no absolute path, `..`, `.`, empty part, backslash or NUL) can name a file there."""
+    path = PurePosixPath(rel)
+    if (not rel or "\0" in rel or "\\" in rel or path.is_absolute()
+            or any(part in ("", ".", "..") for part in rel.split("/"))):
+        raise InvalidRequest(f"bad file name in adapter snapshot: {rel!r}")
+    return path
+
+
 def materialize(files: dict[str, bytes], digest: str, state_dir: Path) -> Path:
-    """Write a snapshot received from another node, verifying its hash."""
+    """Write a snapshot received from another node (its members named as `read_snapshot` names
+    them), verifying its hash."""
+    members = {member_path(rel): data for rel, data in files.items()}
+
     def fill(tmp: Path) -> None:
-        root = tmp.resolve()
-        for rel, data in files.items():
-            dest = (tmp / rel).resolve()
-            if root not in dest.parents:
-                raise InvalidRequest(f"bad file name in adapter snapshot: {rel!r}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+        for rel, data in members.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
 
     return _publish(state_dir / digest, digest, fill)

@@ -70,7 +70,6 @@ class RealtimeService:
         await ws.accept(subprotocol=keys.ws_subprotocol(ws))
         conn = Connection(self, ws)
         try:
-            keys.check_api(ws)
             if not model:
                 raise InvalidRequest("name a speech model: /v1/realtime?model=<speech adapter>", param="model")
             await conn.run(model)

@@ -179,6 +179,6 @@ def test_lru_eviction_and_reload_keep_outputs_exact(live_server, openai_client, 
         for name in names:
             assert _generate_ids(openai_client, name, PROMPTS[0]) == expected[name], name
     time.sleep(1.0)  # evictions unload asynchronously
-    metrics = httpx.get(f"{live_server.url}/metrics").text
+    metrics = httpx.get(f"{live_server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     loaded = float(re.search(r"^floe_adapters_loaded (\S+)$", metrics, re.M).group(1))
     assert loaded <= 3

@@ -9,13 +9,17 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.server.live import API_KEY
+
 pytestmark = pytest.mark.slow
 
 
 def test_health_and_ready(live_server):
+    """The probes answer without a key (kubelet sends none); the metrics need one."""
     assert httpx.get(f"{live_server.url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{live_server.url}/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert httpx.get(f"{live_server.url}/metrics").status_code == 401
 
 
 def test_metrics_after_traffic(openai_client, live_server):
@@ -29,7 +33,7 @@ def test_metrics_after_traffic(openai_client, live_server):
     # client has read `[DONE]`: poll briefly instead of racing it.
     deadline = time.monotonic() + 10
     while True:
-        text = httpx.get(f"{live_server.url}/metrics").text
+        text = httpx.get(f"{live_server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
         families = {f.name: f for f in text_string_to_metric_families(text)}
         statuses = {(s.labels["route"], s.labels["status"]) for s in families["floe_requests"].samples}
         if {("chat", "200"), ("chat", "404")} <= statuses or time.monotonic() > deadline:

@@ -151,6 +151,41 @@ async def test_sources_must_be_under_an_allowed_root(root, tmp_path):
 
 
 @scenario
+async def test_links_dotdot_and_archives_never_lead_outside_a_root(root, tmp_path):
+    """Every spelling of a way out is refused; `..` that stays inside a root is just a path."""
+    import tarfile
+
+    reg = make_registry(root, tmp_path)
+    outside = write_lora(tmp_path / "elsewhere", b"x")
+    inside = write_lora(root / "ok", b"ok")
+    assert (await reg.register("ok", str(root / "ok" / ".." / "ok"))).path  # stays inside: fine
+    for escape in (f"{root}/ok/../../elsewhere", f"{root}/../elsewhere/.", "/", f"{root}/..",
+                   str(outside / ".." / ".." / tmp_path.name / "elsewhere")):
+        with pytest.raises(PermissionDenied):
+            await reg.register("a", escape)
+    # a link to a directory inside the adapter, even to one inside the root, is refused: links
+    # are never followed into a snapshot
+    linked = write_lora(root / "dir-link", b"d")
+    (linked / "sub").symlink_to(inside, target_is_directory=True)
+    with pytest.raises(InvalidRequest, match="symbolic links"):
+        await reg.register("a", str(linked))
+    # a link at the top, to a directory inside the root, resolves there: that directory is served
+    (root / "alias").symlink_to(inside, target_is_directory=True)
+    assert (await reg.register("alias", str(root / "alias"))).version == (await reg.register("ok", str(inside))).version
+    # archives are not accepted at all, so none of their members (here `../escape`) is unpacked
+    archive = root / "adapter.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(inside / "adapter_config.json", arcname="../escape/adapter_config.json")
+    with pytest.raises(InvalidRequest, match="archives are not accepted"):
+        await reg.register("a", str(archive))
+    assert not (root.parent / "escape").exists()
+    # bad spellings are a 400, not a server error
+    for bad in (f"{root}/ok\0", f"{root}/{'x' * 300}", "~no-such-user-floe/x"):
+        with pytest.raises((InvalidRequest, PermissionDenied)):
+            await reg.register("a", bad)
+
+
+@scenario
 async def test_bad_names_and_bad_adapters(root, tmp_path):
     reg = make_registry(root, tmp_path)
     src = write_lora(root / "a", b"one")
@@ -190,6 +225,8 @@ def test_materialize_verifies_hash_and_names(tmp_path):
     assert snapshots.content_hash(out) == digest
     with pytest.raises(InvalidRequest):
         snapshots.materialize({**files, "adapter_model.safetensors": b"tampered"}, "0" * 64, tmp_path / "n3")
-    with pytest.raises(InvalidRequest):
-        snapshots.materialize({"../escape": b"x"}, digest[::-1], tmp_path / "n4")
-    assert not list((tmp_path / "n3").iterdir()) and not list((tmp_path / "n4").iterdir())
+    for member in ("../escape", "/etc/escape", "a/../../escape", "./a", "a//b", "", "a\\..\\b", "a\0"):
+        with pytest.raises(InvalidRequest):
+            snapshots.materialize({member: b"x"}, digest[::-1], tmp_path / "n4")
+    assert not list((tmp_path / "n3").iterdir()) and not (tmp_path / "n4").exists()
+    assert not (tmp_path / "escape").exists()

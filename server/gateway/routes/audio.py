@@ -20,14 +20,14 @@ from floe.server.config import FloeConfig
 from floe.server.errors import InvalidRequest, PayloadTooLarge, call
 from floe.server.gateway.body import read_json_object
 from floe.server.gateway.families import runtime_family
-from floe.server.gateway.state import api_auth, service
+from floe.server.gateway.state import service
 from floe.server.names import split_model
 from floe.server.runtime.messages import RuntimeCall
 from floe.server.schemas.audio import SpeechCall, SpeechRequest, SpeechResult, TranscriptionCall, TranscriptionResult
 from floe.server.schemas.common import parse
 from floe.server.services.leases import leased
 
-router = APIRouter(dependencies=[Depends(api_auth)])
+router = APIRouter()
 FORMATS = {"wav": "wav", "wave": "wav", "mp3": "mp3", "mpeg": "mp3", "mpga": "mp3"}
 
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Request
 
 from floe.server.gateway.body import read_json_object
 from floe.server.gateway.families import GatewayContext, runtime_family
-from floe.server.gateway.state import api_auth, service
+from floe.server.gateway.state import service
 from floe.server.schemas.common import parse
 from floe.server.schemas.embeddings import EmbeddingRequest
 from floe.server.services.embeddings import EmbeddingService
 
-router = APIRouter(dependencies=[Depends(api_auth)])
+router = APIRouter()
 
 
 def embedding_service(ctx: GatewayContext, runtime: Any) -> EmbeddingService:

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends, Request
 
 from floe.server.gateway.body import read_json_object
 from floe.server.gateway.families import runtime_family
-from floe.server.gateway.state import api_auth, service
+from floe.server.gateway.state import service
 from floe.server.schemas.common import parse
 from floe.server.schemas.forecasts import ForecastRequest
 from floe.server.services.forecasts import ForecastService
 
-router = APIRouter(dependencies=[Depends(api_auth)])
+router = APIRouter()
 
 
 family = runtime_family("forecasts", router, lambda ctx, runtime: ForecastService(

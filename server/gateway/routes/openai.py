@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from floe.server.errors import ModelNotFound
 from floe.server.gateway.body import read_json_object
 from floe.server.gateway.families import Family, GatewayContext
-from floe.server.gateway.state import GatewayState, api_auth, gateway_state
+from floe.server.gateway.state import GatewayState, gateway_state
 from floe.server.kinds import LLMKind
 from floe.server.services.inference import InferenceService
 
-router = APIRouter(dependencies=[Depends(api_auth)])
+router = APIRouter()
 
 
 def _build(ctx: GatewayContext) -> InferenceService:

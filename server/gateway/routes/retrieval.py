@@ -8,12 +8,12 @@ from fastapi.responses import JSONResponse
 from floe.server.gateway.body import read_json_object
 from floe.server.gateway.families import NO_RUNTIME, Family, GatewayContext
 from floe.server.gateway.routes.embeddings import embedding_service
-from floe.server.gateway.state import api_auth, service
+from floe.server.gateway.state import service
 from floe.server.schemas.common import parse
 from floe.server.schemas.retrieval import CollectionCreateRequest, SearchRequest, UpsertRequest
 from floe.server.services.retrieval import RetrievalService
 
-router = APIRouter(prefix="/v1/retrieval/collections", dependencies=[Depends(api_auth)])
+router = APIRouter(prefix="/v1/retrieval/collections")
 
 
 def _build(ctx: GatewayContext) -> RetrievalService | None:
