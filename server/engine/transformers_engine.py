@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from floe.server.engine.messages import EngineStats, OpenAICall, ResponseHead
+from floe.server.engine.messages import SSE_DONE, EngineStats, OpenAICall, ResponseHead, sse_event
 from floe.server.engine.vllm_engine import _error_head, parse_request
 from floe.server.kinds import InvalidAdapter
 from floe.server.registry import AdapterRef
@@ -139,7 +139,7 @@ class TransformersEngine:
         yield shape.frame({} if shape.route == "chat" else "", finish)
         if include_usage:
             yield shape.usage_frame(len(prompt_ids), n_out)
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE
 
     async def _generate(self, req, prompt_ids: list[int], max_tokens: int,
                         stops: list[str]) -> AsyncIterator[tuple[str, int, str | None]]:
@@ -254,7 +254,7 @@ class _Shape:
             chunk = CompletionStreamResponse(**self._ids(), choices=[CompletionResponseStreamChoice(
                 index=0, text=delta, logprobs=None, finish_reason=finish)])
         # NOTE: exclude_unset, as vLLM's serving layer frames its chunks.
-        return f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
+        return sse_event(chunk.model_dump_json(exclude_unset=True))
 
     def usage_frame(self, prompt: int, out: int) -> str:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionStreamResponse
@@ -262,7 +262,7 @@ class _Shape:
 
         wire = ChatCompletionStreamResponse if self.route == "chat" else CompletionStreamResponse
         chunk = wire(**self._ids(), choices=[], usage=_usage(prompt, out))
-        return f"data: {chunk.model_dump_json(exclude_unset=True, exclude_none=True)}\n\n"
+        return sse_event(chunk.model_dump_json(exclude_unset=True, exclude_none=True))
 
 
 def _usage(prompt: int, out: int):

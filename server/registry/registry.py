@@ -27,7 +27,7 @@ from typing import Any
 
 from floe.server.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from floe.server.kinds import EngineLimits, inspect_adapter
-from floe.server.names import NAME_RULE, valid_name
+from floe.server.names import NAME_RULE, split_version, valid_name
 from floe.server.registry import snapshots
 
 log = logging.getLogger("floe.registry")
@@ -169,11 +169,12 @@ class AdapterRegistry:
     # -- request path -------------------------------------------------------------------
     async def acquire(self, model: str) -> Lease:
         """Lease the version a request names: `name` (current) or `name@version`."""
-        name, _, version = model.partition("@")
+        parsed = split_version(model)
+        name, version = parsed if parsed else ("", None)
         model_id = self._current.get(name)
         ref = self._versions.get(model_id) if model_id else None
         if model_id is None or ref is None or ref.state is not AdapterState.READY or (
-                version and not ref.version.startswith(version)):
+                version is not None and not ref.version.startswith(version)):
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
         lease = Lease(next(self._ids), ref)
         self._leases[lease.lease_id] = model_id

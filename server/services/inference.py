@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from floe.server.engine.messages import OpenAICall, OpenAIRoute, ResponseHead
+from floe.server.engine.messages import OpenAICall, OpenAIRoute, ResponseHead, sse_json
 from floe.server.errors import InvalidRequest, NotReady, Overloaded, from_status, unwrap
 from floe.server.metrics import GatewayMetrics, StreamTimer
 from floe.server.names import split_model
@@ -123,7 +122,7 @@ class InferenceService:
             log.warning("stream for %s ended by an engine error: %r", model, exc)
             # NOTE: the status line is sent already: end the stream with OpenAI's error event,
             # which the official clients raise as an APIError, instead of a cut connection.
-            yield f"data: {json.dumps(err.body())}\n\n"
+            yield sse_json(err.body())
         finally:
             timer.done()
             await self._finish(route, model, adapter, status, lease)
