@@ -19,7 +19,7 @@ import numpy as np
 SCENE_SIZE = 64
 DEMO_DEPENDS = ("vision",)  # server/models/demos.py: rebuilt when the vision demo is
 TRAIN_SEED, VAL_SEED, TEST_SEED = 11, 12, 13
-TRAIN_SCENES, VAL_SCENES, EPOCHS = 400, 80, 10
+TRAIN_SCENES, VAL_SCENES, EPOCHS = 400, 80, 6
 
 
 def scene(rng: random.Random, size: int = SCENE_SIZE) -> tuple[Any, list[tuple[np.ndarray, list[str]]]]:
@@ -107,7 +107,7 @@ def build(base_dir: Path, out: Path) -> Path:
         with tempfile.TemporaryDirectory(prefix="floe-grounding-demo-") as tmp:
             data = write_set(Path(tmp) / "scenes", TRAIN_SCENES, VAL_SCENES)
             path, _ = train_to_dir(Path(base_dir), data, Path(out), vision_dir, "demo-vision",
-                                   TrainConfig(epochs=EPOCHS),
+                                   TrainConfig(epochs=EPOCHS, batch_size=16, tune_projector=True),
                                    extra={"data": f"{TRAIN_SCENES} synthetic scenes of 2-3 coloured shapes"})
     finally:
         torch.set_num_threads(threads)

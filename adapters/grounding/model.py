@@ -277,8 +277,11 @@ def load_for_backbone(directory: Path, llm: Any) -> GroundingAdapter:
 
 
 def save(directory: Path, vision_dir: Path, vision_name: str, head: MaskHead, cfg: GroundingConfig,
-         base_fingerprint: str, *, version: str = "1", extra: dict[str, Any] | None = None) -> Path:
-    """Write a grounding adapter directory: a copy of the vision adapter, the head, the manifest."""
+         base_fingerprint: str, *, version: str = "1", projector: Any = None,
+         extra: dict[str, Any] | None = None) -> Path:
+    """Write a grounding adapter directory: a copy of the vision adapter (its projector replaced
+    by `projector` when the trainer tuned it), the head, the manifest. `vision` names the served
+    vision adapter that answers `prompt` requests (the original, by its content hash)."""
     import shutil
 
     from safetensors.torch import save_file
@@ -290,6 +293,11 @@ def save(directory: Path, vision_dir: Path, vision_name: str, head: MaskHead, cf
     if (directory / VISION).exists():
         shutil.rmtree(directory / VISION)
     shutil.copytree(vision_dir, directory / VISION)
+    if projector is not None:
+        from floe.adapters.vision import PROJECTOR
+
+        save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()},
+                  str(directory / VISION / PROJECTOR))
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(directory / HEAD))
     (directory / MANIFEST).write_text(json.dumps(
         {"kind": KIND, "base_model": base_fingerprint, "version": version,

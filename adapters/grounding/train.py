@@ -1,13 +1,21 @@
-"""Fit a grounding adapter's mask head; the LMM (base and vision adapter) stays frozen.
+"""Fit a grounding adapter's mask head on a frozen LMM (and, optionally, its projector copy).
 
 Data: a RefCOCO-style set (`data.py`). Every (sentence, mask) pair is one sample; its attention
 maps come from the same teacher-forced pass the server runs (`model.sequence`, `model.embed`,
-`model.attention_maps`: the sentence is the answer to the adapter's prompt), computed once, as
-the LMM is frozen. The head then trains on them with F-LMM's loss (per-pixel binary
-cross-entropy + dice, against the mask resized to the head's resolution). Validation: the refs of
-split `val` (else a seeded tenth of the images), mIoU at image resolution after every epoch (at
-threshold 0.5); the head with the best validation mIoU is kept, and its mask threshold is then
-chosen on the validation set among THRESHOLDS (`threshold`, `val_miou` in the report).
+`model.attention_maps`: the sentence is the answer to the adapter's prompt). The head trains on
+them with F-LMM's loss (per-pixel binary cross-entropy + dice, against the mask resized to the
+head's resolution).
+
+F-LMM freezes the whole LMM: an LMM trained on captions already attends from a phrase's tokens to
+its object, and the maps are computed once. floe's built-in base is a random tiny LLM whose
+attention grounds nothing (a head on its maps does no better than one fed uniform attention), so
+`tune_projector` also fits the grounding adapter's own copy of the vision projector, through the
+frozen LLM's attention, until the maps carry the phrase: the base LLM and the vision tower stay
+frozen, the served vision adapter (which answers `prompt` requests) is untouched, and the maps
+are recomputed every step. Validation: the refs of split `val` (else a seeded tenth of the
+images), mIoU at image resolution after every epoch (at threshold 0.5); the epoch with the best
+validation mIoU is kept, and its mask threshold is then chosen on the validation set among
+THRESHOLDS (`threshold`, `val_miou` in the report).
 """
 
 from __future__ import annotations
@@ -44,13 +52,17 @@ class TrainConfig:
     prompt: str = GroundingConfig.prompt
     val_fraction: float = 0.1  # when the set has no `val` refs: a seeded share of its images
     max_samples: int | None = None  # cap on training pairs (a quick run)
+    tune_projector: bool = False  # also fit the adapter's projector copy (a base whose attention does not ground)
+    projector_lr: float = 1e-2
 
 
 @dataclass
 class Sample:
-    maps: torch.Tensor  # [layers*heads, h, w]
+    maps: torch.Tensor  # [layers*heads, h, w], from the projector as it is now
     mask: np.ndarray  # uint8 [H, W] at image resolution
     sentence: str
+    features: torch.Tensor | None = None  # [tokens, d_tower]: the frozen tower's, computed once
+    seq: Any = None  # its model.Sequence
 
 
 def split(refs: list[Ref], fraction: float, seed: int) -> tuple[list[Ref], list[Ref]]:
@@ -63,8 +75,29 @@ def split(refs: list[Ref], fraction: float, seed: int) -> tuple[list[Ref], list[
     return [r for r in refs if r.image not in held], [r for r in refs if r.image in held]
 
 
+def batch_maps(adapter: GroundingAdapter, llm: Any, samples: list[Sample]) -> torch.Tensor:
+    """[B, layers*heads, h, w]: the samples' maps through the adapter's projector as it is now
+    (differentiable in the projector when grad is on)."""
+    soft = adapter.vision.projector(torch.stack([s.features for s in samples])).float()
+    seqs = [s.seq for s in samples]
+    embeds = [embed(llm, seq, rows, adapter.placeholder) for seq, rows in zip(seqs, soft)]
+    n = adapter.vision.num_tokens
+    return torch.stack([m[0] for m in attention_maps(llm, seqs, embeds, [n] * len(seqs),
+                                                     [adapter.cfg.grid] * len(seqs))])
+
+
+def refresh(adapter: GroundingAdapter, llm: Any, samples: list[Sample], batch: int = 64) -> None:
+    """Recompute every sample's maps from the current projector."""
+    with torch.no_grad():
+        for start in range(0, len(samples), batch):
+            chunk = samples[start:start + batch]
+            for s, m in zip(chunk, batch_maps(adapter, llm, chunk)):
+                s.maps = m
+
+
 def extract(adapter: GroundingAdapter, llm: Any, pairs: list[tuple[Ref, str]], batch: int = 32) -> list[Sample]:
-    """The attention maps the served head would see for each (ref, sentence)."""
+    """The attention maps the served head would see for each (ref, sentence), with the frozen
+    tower's features and the sequence kept for recomputing them."""
     from PIL import Image
 
     out: list[Sample] = []
@@ -73,12 +106,10 @@ def extract(adapter: GroundingAdapter, llm: Any, pairs: list[tuple[Ref, str]], b
         for start in range(0, len(pairs), batch):
             chunk = pairs[start:start + batch]
             pixels = adapter.vision.preprocess([Image.open(ref.image).convert("RGB") for ref, _ in chunk])
-            soft = adapter.vision(torch.from_numpy(pixels))
-            seqs = [sequence(adapter, prompt, s, [(0, len(s))]) for _, s in chunk]
-            embeds = [embed(llm, seq, rows, adapter.placeholder) for seq, rows in zip(seqs, soft)]
-            n = adapter.vision.num_tokens
-            maps = attention_maps(llm, seqs, embeds, [n] * len(seqs), [adapter.cfg.grid] * len(seqs))
-            out += [Sample(m[0], ref.mask, s) for m, (ref, s) in zip(maps, chunk)]
+            features = adapter.vision.features(torch.from_numpy(pixels))
+            out += [Sample(torch.empty(0), ref.mask, s, f, sequence(adapter, prompt, s, [(0, len(s))]))
+                    for f, (ref, s) in zip(features, chunk)]
+    refresh(adapter, llm, out, batch)
     return out
 
 
@@ -115,32 +146,48 @@ def predict(head: MaskHead, samples: list[Sample], threshold: float, *, uniform:
     return out
 
 
-def fit(head: MaskHead, train_set: list[Sample], val_set: list[Sample], tcfg: TrainConfig, threshold: float,
+def fit(adapter: GroundingAdapter, llm: Any, train_set: list[Sample], val_set: list[Sample], tcfg: TrainConfig,
         progress: Progress | None = None) -> dict[str, Any]:
+    """Train the head (and with `tune_projector` the projector copy); keep the best epoch's."""
+    head, projector = adapter.head, adapter.vision.projector
+    tuned = [projector] if tcfg.tune_projector else []
+    head.requires_grad_(True)
+    for module in tuned:
+        module.requires_grad_(True)
     rng = torch.Generator().manual_seed(tcfg.seed)
-    maps, target = torch.stack([s.maps for s in train_set]), targets(head, train_set)
+    target = targets(head, train_set)
     steps_per_epoch = max(1, -(-len(train_set) // tcfg.batch_size))
     total = steps_per_epoch * tcfg.epochs
-    opt = torch.optim.AdamW(head.parameters(), lr=tcfg.lr, weight_decay=1e-4)
-    decay = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=total, pct_start=0.1)
+    groups = [{"params": list(head.parameters()), "lr": tcfg.lr}]
+    groups += [{"params": list(m.parameters()), "lr": tcfg.projector_lr} for m in tuned]
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+    decay = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total,
+                                                pct_start=0.1)
     best, best_state, history, step = -1.0, None, [], 0
     for _epoch in range(tcfg.epochs):
         head.train()
         order = torch.randperm(len(train_set), generator=rng)
         for k in range(steps_per_epoch):
             idx = order[k * tcfg.batch_size:(k + 1) * tcfg.batch_size]
-            loss = loss_fn(head(maps[idx]), target[idx])
-            descend(opt, loss, sched=decay)
+            chunk = [train_set[i] for i in idx]
+            maps = batch_maps(adapter, llm, chunk) if tuned else torch.stack([s.maps for s in chunk])
+            loss = descend(opt, loss_fn(head(maps), target[idx]), sched=decay)
             step += 1
-        miou, _ = miou_ciou(list(zip(predict(head, val_set, threshold), [s.mask for s in val_set])))
+        if tuned:
+            refresh(adapter, llm, val_set)
+        miou, _ = miou_ciou(list(zip(predict(head, val_set, adapter.cfg.threshold), [s.mask for s in val_set])))
         history.append(round(miou, 4))
         if miou > best:
-            best, best_state = miou, {k: v.detach().clone() for k, v in head.state_dict().items()}
+            best, best_state = miou, [{k: v.detach().clone() for k, v in m.state_dict().items()}
+                                      for m in (head, *tuned)]
         if progress is not None:
-            progress(step, total, {"loss": float(loss.detach()), "val_miou": miou})
-    if best_state is not None:
-        head.load_state_dict(best_state)
-    head.eval().requires_grad_(False)
+            progress(step, total, {"loss": loss, "val_miou": miou})
+    for module, state in zip((head, *tuned), best_state or []):
+        module.load_state_dict(state)
+    for module in (head, *tuned):
+        module.eval().requires_grad_(False)
+    if tuned:
+        refresh(adapter, llm, val_set)
     return {"best_val_miou": round(best, 4), "val_miou_per_epoch": history, "steps": step}
 
 
@@ -192,7 +239,7 @@ def train_to_dir(model_dir: Path, data: Path, out: Path, vision_dir: Path, visio
         random.Random(tcfg.seed).shuffle(train_pairs)
         train_pairs = train_pairs[:tcfg.max_samples]
     train_set, val_set = extract(adapter, llm, train_pairs), extract(adapter, llm, pairs_of(val_refs))
-    report = fit(adapter.head, train_set, val_set, tcfg, adapter.cfg.threshold, progress)
+    report = fit(adapter, llm, train_set, val_set, tcfg, progress)
     threshold, calibrated = calibrate(adapter.head, val_set)
     adapter.cfg = dataclasses.replace(adapter.cfg, threshold=threshold)
     report.update(threshold=threshold, val_miou=round(calibrated, 4))
@@ -201,6 +248,8 @@ def train_to_dir(model_dir: Path, data: Path, out: Path, vision_dir: Path, visio
     report["val_union_miou"] = round(miou_ciou(list(zip(union, [s.mask for s in val_set])))[0], 4)
     report.update(train_pairs=len(train_set), val_pairs=len(val_set),
                   cpu_seconds=round(time.process_time() - started, 1))
+    trained = ["mask_head", "projector"] if tcfg.tune_projector else ["mask_head"]
     save(out, vision_dir, vision_name, adapter.head, adapter.cfg, llm.fingerprint,
-         extra={"trained": ["mask_head"], "training": {**report, **(extra or {})}})
+         projector=adapter.vision.projector if tcfg.tune_projector else None,
+         extra={"trained": trained, "training": {**report, **(extra or {})}})
     return Path(out), report

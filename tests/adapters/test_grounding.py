@@ -217,7 +217,8 @@ def test_train_grounding_cli_on_a_tiny_refcoco_set(tiny_dir, adapter_dir, tmp_pa
     app.command()(train_grounding)
     out = tmp_path / "trained"
     res = CliRunner().invoke(app, ["--data", str(data), "--out", str(out), "--model", str(tiny_dir),
-                                   "--vision", str(adapter_dir / "vision"), "--epochs", "2", "--batch-size", "8"])
+                                   "--vision", str(adapter_dir / "vision"), "--epochs", "2", "--batch-size", "8",
+                                   "--projector", "freeze"])
     assert res.exit_code == 0, res.output
     info = inspect_adapter(out, EngineLimits())
     assert info.details["trained"] == ["mask_head"] and info.details["vision"]["name"] == "vision"
@@ -230,6 +231,17 @@ def test_train_grounding_cli_on_a_tiny_refcoco_set(tiny_dir, adapter_dir, tmp_pa
     # the LMM stayed frozen: the vision adapter is copied byte for byte
     assert (out / "vision" / "projector.safetensors").read_bytes() == (
         adapter_dir / "vision" / "projector.safetensors").read_bytes()
+    # on a built-in base (no grounding in its attention) the default also tunes the projector copy
+    tuned = tmp_path / "tuned"
+    res = CliRunner().invoke(app, ["--data", str(data), "--out", str(tuned), "--model", str(tiny_dir),
+                                   "--vision", str(adapter_dir / "vision"), "--epochs", "1", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert inspect_adapter(tuned, EngineLimits()).details["trained"] == ["mask_head", "projector"]
+    assert (tuned / "vision" / "projector.safetensors").read_bytes() != (
+        adapter_dir / "vision" / "projector.safetensors").read_bytes()
+    res = CliRunner().invoke(app, ["--data", str(data), "--out", str(tmp_path / "y"), "--model", str(tiny_dir),
+                                   "--vision", str(adapter_dir / "vision"), "--projector", "sometimes"])
+    assert res.exit_code == 2 and "--projector" in res.output
     (data / "annotations.json").write_text("{}")
     res = CliRunner().invoke(app, ["--data", str(data), "--out", str(tmp_path / "x"), "--model", str(tiny_dir),
                                    "--vision", str(adapter_dir / "vision")])
