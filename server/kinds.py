@@ -122,6 +122,13 @@ class AdapterKind:
     # whether the manifest must name the base checkpoint the adapter was trained on
     needs_base: ClassVar[bool] = True
 
+    @classmethod
+    def detect(cls, directory: Path) -> bool:
+        """Whether `directory`, which has no floe_adapter.json, is a checkpoint in a published layout
+        this kind reads as it is (its `manifest` and `load` then take it): so such a checkpoint is
+        registered without being converted. Keep it cheap and torch-free: it runs per kind."""
+        return False
+
     def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
         """Template: the kind's own manifest, its `config` and its `files` are checked here, once
         for every kind; what only this kind knows about its directories is in `describe`."""
@@ -331,14 +338,21 @@ def known_kinds() -> list[str]:
 
 
 def detect_kind(directory: Path) -> str:
-    """The kind named by the manifest, else `lora` for a plain PEFT LoRA directory."""
+    """The kind named by the manifest, else `lora` for a plain PEFT LoRA directory, else the kind
+    whose `detect` claims the directory's layout (e.g. a released checkpoint)."""
     manifest = AdapterKind.read_manifest(directory)
     if "kind" in manifest:
         return str(manifest["kind"])
     if (directory / "adapter_config.json").is_file():
         return "lora"
-    raise InvalidAdapter(
-        f"{directory.name}: neither {MANIFEST} nor a PEFT adapter_config.json found", param="source")
+    claimed = [name for name in known_kinds() if _KINDS[name].detect(directory)]
+    if len(claimed) == 1:
+        return claimed[0]
+    if claimed:
+        raise InvalidAdapter(f"{directory.name}: its layout is claimed by the kinds {claimed}; add a {MANIFEST} "
+                             "naming one", param="source")
+    raise InvalidAdapter(f"{directory.name}: neither {MANIFEST}, a PEFT adapter_config.json nor a checkpoint "
+                         "layout a kind reads found", param="source")
 
 
 def inspect_adapter(directory: Path, limits: EngineLimits) -> AdapterInfo:

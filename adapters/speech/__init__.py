@@ -116,6 +116,21 @@ class SpeechKind(RuntimeKind):
     config = SpeechConfig
     files = (WEIGHTS,)
 
+    @classmethod
+    def detect(cls, directory: Path) -> bool:
+        from floe.adapters.speech.freeze_omni import is_freeze_omni
+
+        return is_freeze_omni(directory)
+
+    def manifest(self, directory: Path, limits: EngineLimits) -> AdapterInfo:
+        """floe's own speech directories through the template; Freeze-Omni's released layout (no
+        floe_adapter.json) through its own reader, `freeze_omni.describe`."""
+        from floe.adapters.speech import freeze_omni
+
+        if freeze_omni.is_freeze_omni(directory):
+            return freeze_omni.describe(self, Path(directory))
+        return super().manifest(directory, limits)
+
     def describe(self, directory: Path, manifest: dict[str, Any], cfg: SpeechConfig,
                  limits: EngineLimits) -> AdapterInfo:
         return self.info(manifest, **cfg.public(), input_sample_rate=INPUT_SAMPLE_RATE,

@@ -2,10 +2,14 @@
 plain transformers and torch (fp32, greedy, no KV cache, no streaming):
 
     whole-utterance fbank (zero-padded to whole chunks) -> CMVN -> the encoder over all frames at
-    once with the chunk-causal attention mask -> adapter -> [opening, audio, generation prompt]
-    embeddings -> the frozen LLM re-run over the whole sequence for every token (greedy) ->
-    per phrase (punctuation or `phrase_tokens`), the predicting hidden states -> speech decoder
-    -> Griffin-Lim.
+    once with the chunk-causal attention mask -> adapter -> [opening, turn prompt (if the model
+    has one), audio, generation prompt] embeddings -> the frozen LLM re-run over the whole
+    sequence for every token (greedy) -> per phrase (punctuation or `phrase_tokens`), the
+    predicting hidden states and the phrase's text -> the model's speech (floe's: speech decoder
+    -> Griffin-Lim).
+
+A released model's encoder (Freeze-Omni's) is defined by its streaming: its chunks run one by
+one, alone, so what the reference checks there is the LLM side (cache, batching, template).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 
 from floe.adapters.audio.decode import fbank
-from floe.adapters.speech.model import vocode
+from floe.adapters.speech.model import SpeechModel
 from floe.adapters.speech.session import PUNCTUATION, LoadedSpeech, chat_template, phrases
 from floe.server.runtime.model import FrozenModel
 
@@ -38,8 +42,13 @@ def audio_embeddings(loaded: LoadedSpeech, pcm16k: np.ndarray) -> torch.Tensor:
     rest = (-feats.shape[0]) % cfg.chunk_frames
     feats = torch.cat([feats, feats.new_zeros(rest, cfg.num_mel_bins)])
     with torch.no_grad():
-        states = model.encoder.forward_full(model.normalize(feats)[None])
-        return model.adapter(states)[0]
+        if isinstance(model, SpeechModel):
+            return model.adapter(model.encoder.forward_full(model.normalize(feats)[None]))[0]
+        stream, out = None, []
+        for chunk in model.normalize(feats).split(cfg.chunk_frames):
+            embeds, (stream,) = model.encode_stream(chunk[None], [stream])
+            out.append(embeds[0])
+        return torch.cat(out)
 
 
 def reference_turn(llm: FrozenModel, loaded: LoadedSpeech, pcm16k: np.ndarray, instructions: str = "",
@@ -48,8 +57,9 @@ def reference_turn(llm: FrozenModel, loaded: LoadedSpeech, pcm16k: np.ndarray, i
     template = chat_template(llm, instructions)
     audio = audio_embeddings(loaded, pcm16k)
     embed = lambda ids: llm.embed(torch.tensor(ids, dtype=torch.long))  # noqa: E731
+    prompt = [] if loaded.model.turn_prompt is None else [loaded.model.turn_prompt]
     with torch.no_grad():
-        seq = torch.cat([embed(template.opening), audio, embed(template.to_assistant)])
+        seq = torch.cat([embed(template.opening), *prompt, audio, embed(template.to_assistant)])
         tokens: list[int] = []
         states: list[torch.Tensor] = []
         limit = min(max_tokens or cfg.max_response_tokens, cfg.max_response_tokens)
@@ -71,7 +81,12 @@ def reference_turn(llm: FrozenModel, loaded: LoadedSpeech, pcm16k: np.ndarray, i
             phrases.append([])
             bounds.append([])
     kept = [(p, b) for p, b in zip(phrases, bounds) if p]
-    pcm = [vocode(loaded.model, torch.stack(b)) for _, b in kept]
+    pcm, said, end = [], "", 0
+    for p, b in kept:  # a phrase's text: what its tokens add to the decoded answer, as the session sends it
+        end += len(p)
+        text = llm.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        pcm.append(loaded.model.speak(llm, torch.stack(b), text[len(said):]))
+        said = text
     return ReferenceTurn(tokens, llm.tokenizer.decode(tokens, skip_special_tokens=True), [p for p, _ in kept],
                          pcm, audio, [torch.stack(b) for _, b in kept])
 
@@ -101,5 +116,5 @@ def reference_speech(llm: FrozenModel, loaded: LoadedSpeech, text: str) -> np.nd
     with torch.no_grad():
         hidden = llm.decoder(input_ids=torch.tensor([prompt + ids]), use_cache=False).last_hidden_state[0]
         states = hidden[len(prompt) - 1:len(prompt) - 1 + len(ids)]
-        return np.concatenate([vocode(loaded.model, states[a:b]).numpy()
-                               for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)])
+        return np.concatenate([loaded.model.speak(llm, states[a:b], llm.tokenizer.decode(
+            ids[a:b], skip_special_tokens=True)).numpy() for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from floe.adapters.speech import INPUT_SAMPLE_RATE, SessionConfig, SpeechConfig
-from floe.adapters.speech.model import SpeechModel, load, pcm16, vocode
+from floe.adapters.speech.model import SpeechNet, load, pcm16
 from floe.server.errors import InvalidRequest
 from floe.server.kinds import AdapterKind
 from floe.server.runtime.model import FrozenModel
@@ -78,7 +78,7 @@ def chat_template(llm: FrozenModel, instructions: str) -> Template:
 
 @dataclass(eq=False)
 class LoadedSpeech:
-    model: SpeechModel
+    model: SpeechNet
     directory: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,9 +88,15 @@ class LoadedSpeech:
 
 
 def load_for_serving(directory: Path, llm: FrozenModel) -> LoadedSpeech:
+    """floe's speech directory (its base named by fingerprint), or Freeze-Omni's released layout
+    (its base checked by the LLM width it expects)."""
+    from floe.adapters.speech import freeze_omni
+
+    if freeze_omni.is_freeze_omni(directory):
+        return LoadedSpeech(freeze_omni.load(directory, llm.hidden_size), Path(directory))
     manifest = AdapterKind.read_manifest(directory)
     AdapterKind.check_base(manifest, llm.fingerprint)
-    model = load(directory)
+    model: SpeechNet = load(directory)
     if model.cfg.llm_hidden != llm.hidden_size:
         raise InvalidRequest(f"adapter width {model.cfg.llm_hidden} != the base's {llm.hidden_size}",
                              param="source")
@@ -117,8 +123,7 @@ class SessionState:
     chunk_frames: int
     frames_read: int = 0
     feats: list[np.ndarray] = field(default_factory=list)  # fbank frames not yet in a chunk
-    enc_cache: list[torch.Tensor] | None = None  # per encoder block [C, e]
-    enc_offset: int = 0
+    enc_stream: Any = None  # the encoder's own per-session cache (SpeechNet.encode_stream)
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per LLM layer [kv_heads, L, head_dim]
     length: int = 0
     pending: list[torch.Tensor] = field(default_factory=list)  # embeddings to feed [n, d]
@@ -130,7 +135,7 @@ class SessionState:
     response: Response | None = None  # in progress
     closed: bool = False
     inputs: list[str] = field(default_factory=list)  # what was fed (the tests' record): "t:<id>" / "a"
-    mark: tuple[int, Any, int] = (0, None, 0)  # after the user turn's header: (length, encoder cache, offset)
+    mark: tuple[int, Any] = (0, None)  # after the user turn's header (and prompt): (length, encoder stream)
     trace: list[torch.Tensor] | None = None  # set to a list: each phrase's hidden states (tests)
     speak: bool = True  # False: text only (transcriptions)
 
@@ -148,8 +153,9 @@ def open_session(llm: FrozenModel, loaded: LoadedSpeech, config: SessionConfig) 
     max_context = int(getattr(llm.config, "max_position_embeddings", 2048))
     state = SessionState(config, template, new_fbank(loaded.cfg.num_mel_bins), max_context, loaded.cfg.chunk_frames)
     _queue_tokens(llm, state, template.opening)  # it ends with the first user turn's header
+    _queue_prompt(loaded, state)
     state.user_open = True
-    state.mark = (len(template.opening), None, 0)
+    state.mark = (sum(p.shape[0] for p in state.pending), None)
     return state
 
 
@@ -160,17 +166,27 @@ def busy(state: SessionState) -> bool:
                 or (state.backlog and state.response is None) or len(state.feats) >= state.chunk_frames)
 
 
-def _open_user_turn(llm: FrozenModel, state: SessionState) -> None:
+def _open_user_turn(llm: FrozenModel, loaded: LoadedSpeech, state: SessionState) -> None:
     if not state.user_open:
         _queue_tokens(llm, state, state.template.next_user)
+        _queue_prompt(loaded, state)
+        if loaded.model.stream_per_turn:
+            state.enc_stream = None
         state.user_open = True
-        state.mark = (state.length + sum(p.shape[0] for p in state.pending), state.enc_cache, state.enc_offset)
+        state.mark = (state.length + sum(p.shape[0] for p in state.pending), state.enc_stream)
 
 
 def _queue_tokens(llm: FrozenModel, state: SessionState, ids: list[int]) -> None:
     if ids:
         state.pending.append(llm.embed(torch.tensor(ids)).detach())
         state.inputs.extend(f"t:{i}" for i in ids)
+
+
+def _queue_prompt(loaded: LoadedSpeech, state: SessionState) -> None:
+    prompt = loaded.model.turn_prompt
+    if prompt is not None:
+        state.pending.append(prompt.detach())
+        state.inputs.extend("p" for _ in range(prompt.shape[0]))
 
 
 # -- ops: what the gateway sends a session ---------------------------------------------------------
@@ -231,11 +247,11 @@ def _clear(state: SessionState, loaded: LoadedSpeech) -> None:
     state.commit = False
     state.fbank = new_fbank(loaded.cfg.num_mel_bins)
     state.frames_read = 0
-    length, enc_cache, enc_offset = state.mark
+    length, enc_stream = state.mark
     if state.user_open and state.kv is not None and state.length > length:
         state.kv = [(k[:, :length].clone(), v[:, :length].clone()) for k, v in state.kv]
         state.length = length
-        state.enc_cache, state.enc_offset = enc_cache, enc_offset
+        state.enc_stream = enc_stream
         state.pending.clear()
 
 
@@ -279,11 +295,11 @@ def step(llm: FrozenModel, batch: list[tuple[LoadedSpeech, SessionState, list[An
             apply(llm, loaded, state, ops, out)
             _feed_audio(state, loaded)
         _encode(llm, batch, max_chunks)
-        for (_, state, _), out in zip(batch, events):
+        for (loaded, state, _), out in zip(batch, events):
             if state.respond is not None and not state.feats and not state.backlog and state.response is None:
                 state.response, state.respond = state.respond, None
                 out.append({"type": "started"})
-                _open_user_turn(llm, state)  # an answer with no new user audio: an empty user turn
+                _open_user_turn(llm, loaded, state)  # an answer with no new user audio: an empty user turn
                 _queue_tokens(llm, state, state.template.to_assistant)
                 state.user_open = False
         rows = [i for i, (_, state, _) in enumerate(batch) if state.pending]
@@ -322,39 +338,15 @@ def _encode(llm: FrozenModel, batch: list[tuple[LoadedSpeech, SessionState, list
                 break
             states = [batch[i][1] for i in live]
             for state in states:
-                _open_user_turn(llm, state)
+                _open_user_turn(llm, loaded, state)
             chunk = torch.from_numpy(np.stack([np.stack(s.feats[:cfg.chunk_frames]) for s in states]))
             for s in states:
                 del s.feats[:cfg.chunk_frames]
-            embeds = encode_chunks(model, states, model.normalize(chunk))
-            for state, emb in zip(states, embeds):
+            embeds, streams = model.encode_stream(model.normalize(chunk), [s.enc_stream for s in states])
+            for state, emb, stream in zip(states, embeds, streams):
+                state.enc_stream = stream
                 state.pending.append(emb)
                 state.inputs.extend("a" for _ in range(emb.shape[0]))
-
-
-def encode_chunks(model: SpeechModel, states: list[SessionState], chunk: torch.Tensor) -> torch.Tensor:
-    """chunk [B, chunk_frames, 80] of B sessions -> LLM embeddings [B, embeds_per_chunk, d]."""
-    cfg = model.cfg
-    enc = model.encoder
-    keep = cfg.left_chunks * enc.frames_per_chunk
-    width = max((s.enc_cache[0].shape[0] if s.enc_cache else 0) for s in states)
-    caches = mask = None
-    if width:
-        caches = [chunk.new_zeros(len(states), width, cfg.encoder_dim) for _ in enc.blocks]
-        mask = torch.zeros(len(states), width, dtype=torch.bool)
-        for row, s in enumerate(states):
-            if s.enc_cache:
-                n = s.enc_cache[0].shape[0]
-                for b, c in enumerate(s.enc_cache):
-                    caches[b][row, width - n:] = c
-                mask[row, width - n:] = True
-    offsets = torch.tensor([s.enc_offset for s in states])
-    out, inputs = enc.step(chunk, offsets, caches, mask)
-    for row, s in enumerate(states):
-        new = [x[row] for x in inputs]
-        s.enc_cache = [torch.cat([old, n])[-keep:] for old, n in zip(s.enc_cache, new)] if s.enc_cache else new
-        s.enc_offset += enc.frames_per_chunk
-    return model.adapter(out)
 
 
 def forward_rows(llm: FrozenModel, states: list[SessionState]) -> torch.Tensor:
@@ -440,7 +432,7 @@ def _flush_phrase(llm: FrozenModel, loaded: LoadedSpeech, state: SessionState, e
     states = torch.stack(response.phrase_states)
     if state.trace is not None:
         state.trace.append(states)
-    pcm = pcm16(vocode(loaded.model, states)) if state.speak else b""
+    pcm = pcm16(loaded.model.speak(llm, states, delta)) if state.speak else b""
     events.append({"type": "audio", "pcm": pcm, "text": delta, "tokens": list(response.phrase_tokens)})
     response.phrase_tokens, response.phrase_states = [], []
 
@@ -538,7 +530,8 @@ def speak_texts(llm: FrozenModel, items: list[tuple[LoadedSpeech, list[int]]]) -
     for row, ((loaded, ids), seq) in enumerate(zip(items, seqs)):
         start = width - len(seq) + len(prompt) - 1  # the position that predicts the first text token
         states = hidden[row, start:start + len(ids)]
-        pcm = [vocode(loaded.model, states[a:b]) for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)]
+        pcm = [loaded.model.speak(llm, states[a:b], llm.tokenizer.decode(ids[a:b], skip_special_tokens=True))
+               for a, b in phrases(llm, ids, loaded.cfg.phrase_tokens)]
         out.append(torch.cat(pcm))
     return out
 
