@@ -33,10 +33,11 @@ def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
             update={"preload": {**preload, **config.adapters.preload}})})
     data = config.dump_for_deploy()
     dep = config.deployment
+    grace = dep.graceful_shutdown_s  # every deployment: a replica Serve stops finishes its requests first
 
     registry = serve.deployment(
         RegistryServer, name="AdapterRegistry", num_replicas=1,
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096,
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096, graceful_shutdown_timeout_s=grace,
     ).bind(data, base_name)
 
     engine_options: dict[str, Any] = {
@@ -44,7 +45,7 @@ def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
         "ray_actor_options": {"num_cpus": dep.engine_num_cpus, "num_gpus": dep.engine_num_gpus},
         "max_ongoing_requests": dep.max_ongoing_requests,
         "max_queued_requests": dep.max_queued_requests,
-        "health_check_period_s": 10, "graceful_shutdown_timeout_s": 30,
+        "health_check_period_s": 10, "graceful_shutdown_timeout_s": grace,
     }
     if dep.autoscaling:
         engine_options["autoscaling_config"] = dep.autoscaling
@@ -59,7 +60,7 @@ def build_app(args: dict[str, Any] | FloeConfig | None = None) -> Application:
     return serve.deployment(
         Gateway, name="Gateway", num_replicas=dep.gateway_replicas,
         ray_actor_options={"num_cpus": dep.gateway_num_cpus},
-        max_ongoing_requests=max(config.http.max_in_flight * 2, 100),
+        max_ongoing_requests=max(config.http.max_in_flight * 2, 100), graceful_shutdown_timeout_s=grace,
     ).bind(data, base_name, {"engine": engine, "registry": registry, "runtime": runtime, "store": store,
                                "sessions": sessions})
 
@@ -75,11 +76,12 @@ def _bind_runtime(config: FloeConfig, data: dict[str, Any], registry: Any) -> tu
         ray_actor_options={"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus},
         max_ongoing_requests=config.deployment.max_ongoing_requests,
         max_queued_requests=config.deployment.max_queued_requests,
+        graceful_shutdown_timeout_s=config.deployment.graceful_shutdown_s,
     ).bind(data, registry)
     # NOTE: the embedded Qdrant store has exactly one owner process: one replica.
     store = serve.deployment(
         VectorStoreServer, name="VectorStore", num_replicas=1, ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=1024,
+        max_ongoing_requests=1024, graceful_shutdown_timeout_s=config.deployment.graceful_shutdown_s,
     ).bind(data)
     return runtime, store
 
@@ -93,4 +95,5 @@ def _bind_sessions(config: FloeConfig, data: dict[str, Any], registry: Any) -> A
         session_runtime_class(rt.max_sessions), name="SessionRuntime", num_replicas=rt.replicas,
         ray_actor_options={"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus},
         max_ongoing_requests=max(8 * rt.max_sessions, 256),
+        graceful_shutdown_timeout_s=config.deployment.graceful_shutdown_s,
     ).bind(data, registry)

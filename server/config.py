@@ -74,6 +74,9 @@ class DeploymentConfig(BaseModel):
     max_ongoing_requests: int = Field(256, gt=0, description="Per engine replica, before Serve queues.")
     max_queued_requests: int = Field(512, ge=-1, description="Serve's queue bound; beyond it: 429.")
     autoscaling: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config for the engine.")
+    graceful_shutdown_s: float = Field(
+        30.0, ge=0, description="How long in-flight requests may run once floe stops (SIGINT / SIGTERM) or Serve "
+        "replaces a replica (a rolling update); then they are cut.")
 
 
 class HttpConfig(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -103,8 +105,12 @@ def start(config: FloeConfig, progress: Progress = print) -> str:
         runtime_env["worker_process_setup_hook"] = f"{__name__}.{serve_grpc_on_loopback.__name__}"
     # NOTE: "local" always starts a fresh instance; None could attach to a cluster that
     # happens to run on this machine.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address=config.ray.address or "local", num_cpus=config.ray.num_cpus, include_dashboard=False,
              configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
+    for sig, handler in handlers.items():  # ray.init installs its own SIGTERM handler (exit at once)
+        if handler is not None:
+            signal.signal(sig, handler)
     if local and not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
         # Ray reads LOCAL_RAY_ENV when first imported: something imported it before start().
         raise StartupError("the local Ray instance would listen beyond loopback (ray was imported too early)")
@@ -123,20 +129,55 @@ def stop() -> None:
     from ray import serve
 
     try:
-        serve.shutdown()
+        serve.shutdown()  # nothing left to do after drain_and_shut_down
+    except Exception as exc:  # e.g. a handle's loop already closed by a second Ctrl-C: Ray goes anyway
+        print(f"serve shutdown: {exc}")
     finally:
         ray.shutdown()
 
 
 def serve_forever(config: FloeConfig, progress: Progress = print) -> None:
-    """Run until SIGINT / SIGTERM, then shut every process down."""
+    """Run until SIGINT / SIGTERM; then drain (new requests refused, running ones finish, for at
+    most `deployment.graceful_shutdown_s`; a second signal cuts it short) and shut down."""
+    signals: list[int] = []
     stop_event = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop_event.set())
+
+    def on_signal(sig: int, _frame: Any) -> None:
+        signals.append(sig)
+        stop_event.set()
+        if len(signals) > 1:
+            raise KeyboardInterrupt  # a second signal: stop now, in-flight requests or not
+
+    def install() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
+    install()
     try:
         start(config, progress)
         stop_event.wait()
-        progress("shutting down...")
+        grace = config.deployment.graceful_shutdown_s
+        progress(f"draining: new requests get 503, running ones have up to {grace:.0f}s (again to stop now)")
+        asyncio.run(drain_and_shut_down(config, grace, progress))
+    except KeyboardInterrupt:
+        progress("stopping now")
     finally:
+        progress("shutting down...")
         stop()
         progress("stopped")
+
+
+async def drain_and_shut_down(config: FloeConfig, grace_s: float, progress: Progress = print) -> None:
+    """Drain (server/drain.py), then shut Serve down from the same event loop: the driver's
+    Serve handles run on it (floe's throughput settings) and must close before it does."""
+    from ray import serve
+
+    from floe.server.drain import wait_drained
+
+    try:
+        if grace_s > 0 and await wait_drained(config.ray.app_name, grace_s, progress):
+            progress("drained: no request in flight")
+    except Exception as exc:  # the application is already gone or broken: nothing left to drain
+        progress(f"drain skipped: {exc}")
+    finally:
+        await serve.shutdown_async()

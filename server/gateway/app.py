@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from floe.server.drain import DrainGuard
 from floe.server.gateway.auth import install_key_guard
 from floe.server.gateway.errors import install_error_handlers
 from floe.server.gateway.state import GatewayState
@@ -15,6 +16,8 @@ def create_app(state: GatewayState) -> FastAPI:
     app.state.floe = state
     install_error_handlers(app)
     install_key_guard(app, state.config.auth, state.keys, state.config.deployment.gateway_replicas)
+    if state.drain is not None:  # outermost: it counts and refuses before any other layer runs
+        app.add_middleware(DrainGuard, drain=state.drain)
     for family in state.families:
         app.include_router(family.router)
     return app

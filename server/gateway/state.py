@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from floe.server.config import FloeConfig
+from floe.server.drain import GatewayDrain
 from floe.server.errors import NotFound
 from floe.server.gateway.auth import KeyChecker
 from floe.server.gateway.families import Family, GatewayContext
@@ -25,11 +26,13 @@ class GatewayState:
     families: list[Family] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)  # family name -> service (None: absent)
     started: int = field(default_factory=lambda: int(time.time()))
+    drain: GatewayDrain | None = None  # None: no registry to coordinate with (a test app)
 
     @classmethod
     def build(cls, ctx: GatewayContext, families: list[Family]) -> GatewayState:
         state = cls(config=ctx.config, base_name=ctx.base_name, metrics=ctx.metrics,
-                    keys=KeyChecker(ctx.config.auth), families=families)
+                    keys=KeyChecker(ctx.config.auth), families=families,
+                    drain=GatewayDrain(registry) if (registry := ctx.handle("registry")) is not None else None)
         for family in families:
             state.services[family.name] = family.build(ctx)
         return state
