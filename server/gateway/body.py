@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from fastapi import Request
+from pydantic import BaseModel
 
 from floe.server.errors import InvalidRequest, PayloadTooLarge
 
@@ -30,3 +31,26 @@ async def read_json_object(request: Request, max_bytes: int | None = None) -> di
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
+
+
+def json_body(schema: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` declaring a route's JSON body (a wire type, inlined, or a JSON schema).
+
+    Routes read their body themselves (`read_json_object`, within the size limit, then the
+    wire type), so FastAPI does not see it; declared, the body is in the OpenAPI document for
+    clients and for the fuzzing of tests/server/test_fuzz.py."""
+    if not isinstance(schema, dict):
+        full = schema.model_json_schema()
+        schema = _inlined(full, full.get("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from floe.server.errors import InvalidRequest
 from floe.server.gateway.audit import note
-from floe.server.gateway.body import read_json_object
+from floe.server.gateway.body import json_body, read_json_object
 from floe.server.gateway.families import Family
 from floe.server.gateway.state import service
 from floe.server.registry import AdapterRef
@@ -27,7 +27,10 @@ def _noted(request: Request, ref: AdapterRef) -> AdapterRef:
     return ref
 
 
-@router.post("/v1/adapters")
+@router.post("/v1/adapters", openapi_extra=json_body({
+    "type": "object", "required": ["name", "source"], "additionalProperties": False,
+    "properties": {"name": {"type": "string"}, "source": {"type": "string", "description": "A directory under "
+                                                                    "one of the server's adapter roots."}}}))
 async def add_adapter(request: Request, adapters: AdapterService = Depends(service("adapters"))):
     body = await read_json_object(request)
     note(request, adapter=body.get("name"), source=body.get("source"))

@@ -18,7 +18,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from floe.server.config import FloeConfig
 from floe.server.errors import InvalidRequest, PayloadTooLarge, call
-from floe.server.gateway.body import read_json_object
+from floe.server.gateway.body import json_body, read_json_object
 from floe.server.gateway.families import runtime_family
 from floe.server.gateway.state import service
 from floe.server.names import split_model
@@ -49,7 +49,10 @@ family = runtime_family("audio", router, lambda ctx, runtime: AudioService(
     ctx.config, ctx.base_name, runtime, ctx.handle("registry")))
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post("/v1/audio/transcriptions", openapi_extra={"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file", "model"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "model": {"type": "string"}, "prompt": {"type": "string"},
+        "response_format": {"type": "string", "enum": ["json", "text"]}}}}}}})
 async def create_transcription(request: Request, audio: AudioService = Depends(service("audio"))):
     config = audio._config
     declared = request.headers.get("content-length")
@@ -85,7 +88,7 @@ async def create_transcription(request: Request, audio: AudioService = Depends(s
     return {"text": result.text, "usage": {"type": "tokens", "output_tokens": result.tokens}}
 
 
-@router.post("/v1/audio/speech")
+@router.post("/v1/audio/speech", openapi_extra=json_body(SpeechRequest))
 async def create_speech(request: Request, audio: AudioService = Depends(service("audio"))):
     req = parse(SpeechRequest, await read_json_object(request))
     if req.speed != 1.0:

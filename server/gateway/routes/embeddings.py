@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from floe.server.gateway.body import read_json_object
+from floe.server.gateway.body import json_body, read_json_object
 from floe.server.gateway.families import GatewayContext, runtime_family
 from floe.server.gateway.state import service
 from floe.server.schemas.common import parse
@@ -23,7 +23,7 @@ def embedding_service(ctx: GatewayContext, runtime: Any) -> EmbeddingService:
 family = runtime_family("embeddings", router, embedding_service)
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=json_body(EmbeddingRequest))
 async def create_embeddings(request: Request, embeddings: EmbeddingService = Depends(service("embeddings"))):
     req = parse(EmbeddingRequest, await read_json_object(request))
     return (await embeddings.create(req)).model_dump()

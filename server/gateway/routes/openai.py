@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from floe.server.errors import ModelNotFound
-from floe.server.gateway.body import read_json_object
+from floe.server.gateway.body import json_body, read_json_object
 from floe.server.gateway.families import Family, GatewayContext
 from floe.server.gateway.state import GatewayState, gateway_state
 from floe.server.kinds import LLMKind
@@ -24,6 +24,19 @@ def _build(ctx: GatewayContext) -> InferenceService:
 
 family = Family("openai", router, _build)
 
+# The bodies are vLLM's OpenAI protocol (validated by the engine, which the gateway does not
+# import): declared here by the fields every request has; any other field passes through.
+_MODEL = {"type": "string", "description": "The base model, `<base>:<adapter>`, or an adapter: name[@version]."}
+_SAMPLING = {"stream": {"type": "boolean"}, "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}}
+CHAT = json_body({"type": "object", "required": ["model", "messages"], "properties": {
+    "model": _MODEL, "messages": {"type": "array", "items": {"type": "object", "required": ["role"], "properties": {
+        "role": {"type": "string"}, "content": {"type": ["string", "array", "null"]}}}}, **_SAMPLING}})
+COMPLETION = json_body({"type": "object", "required": ["model", "prompt"], "properties": {
+    "model": _MODEL, "prompt": {"type": ["string", "array"]}, **_SAMPLING}})
+RESPONSE = json_body({"type": "object", "required": ["model", "input"], "properties": {
+    "model": _MODEL, "input": {"type": ["string", "array"]}, "stream": {"type": "boolean"},
+    "max_output_tokens": {"type": "integer"}}})
+
 
 def _answer(result: dict | AsyncIterator[str]) -> JSONResponse | StreamingResponse:
     if isinstance(result, dict):
@@ -32,19 +45,19 @@ def _answer(result: dict | AsyncIterator[str]) -> JSONResponse | StreamingRespon
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=CHAT)
 async def chat_completions(request: Request, state: GatewayState = Depends(gateway_state)):
     body = await read_json_object(request, state.config.http.max_body_bytes)
     return _answer(await state.service("openai").run("chat", body))
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=COMPLETION)
 async def completions(request: Request, state: GatewayState = Depends(gateway_state)):
     body = await read_json_object(request, state.config.http.max_body_bytes)
     return _answer(await state.service("openai").run("completions", body))
 
 
-@router.post("/v1/responses")
+@router.post("/v1/responses", openapi_extra=RESPONSE)
 async def responses(request: Request, state: GatewayState = Depends(gateway_state)):
     # Served by vLLM's Responses layer; floe keeps no responses, so there is no GET / DELETE
     # (a request with `store: true` is refused by the engine with a 400).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from floe.server.gateway.body import read_json_object
+from floe.server.gateway.body import json_body, read_json_object
 from floe.server.gateway.families import NO_RUNTIME, Family, GatewayContext
 from floe.server.gateway.routes.embeddings import embedding_service
 from floe.server.gateway.state import service
@@ -26,7 +26,7 @@ def _build(ctx: GatewayContext) -> RetrievalService | None:
 family = Family("retrieval", router, _build, unavailable=NO_RUNTIME)
 
 
-@router.post("")
+@router.post("", openapi_extra=json_body(CollectionCreateRequest))
 async def create_collection(request: Request, retrieval: RetrievalService = Depends(service("retrieval"))):
     body = await read_json_object(request)
     info = await retrieval.create(parse(CollectionCreateRequest, body))
@@ -49,13 +49,13 @@ async def delete_collection(name: str, retrieval: RetrievalService = Depends(ser
     return {"id": name, "object": "retrieval.collection.deleted", "deleted": True}
 
 
-@router.post("/{name}/points")
+@router.post("/{name}/points", openapi_extra=json_body(UpsertRequest))
 async def upsert_points(name: str, request: Request, retrieval: RetrievalService = Depends(service("retrieval"))):
     body = await read_json_object(request)
     return await retrieval.upsert(name, parse(UpsertRequest, body))
 
 
-@router.post("/{name}/search")
+@router.post("/{name}/search", openapi_extra=json_body(SearchRequest))
 async def search(name: str, request: Request, retrieval: RetrievalService = Depends(service("retrieval"))):
     body = await read_json_object(request)
     return await retrieval.search(name, parse(SearchRequest, body))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from floe.server.gateway.body import read_json_object
+from floe.server.gateway.body import json_body, read_json_object
 from floe.server.gateway.families import runtime_family
 from floe.server.gateway.state import service
 from floe.server.schemas.common import parse
@@ -18,7 +18,7 @@ family = runtime_family("segmentations", router, lambda ctx, runtime: Segmentati
     ctx.base_name, runtime, ctx.handle("registry"), ctx.handle("engine"), ctx.config.media))
 
 
-@router.post("/v1/segmentations")
+@router.post("/v1/segmentations", openapi_extra=json_body(SegmentationRequest))
 async def create_segmentation(request: Request, segmentations: SegmentationService = Depends(service("segmentations"))):
     req = parse(SegmentationRequest, await read_json_object(request))
     return (await segmentations.segment(req)).model_dump()
