@@ -33,7 +33,7 @@ def bearer(key: str) -> dict[str, str]:
 
 def collections(url: str) -> set[str]:
     listed = httpx.get(f"{url}/v1/retrieval/collections", headers=bearer(API_KEY), timeout=60)
-    return {c["name"] for c in listed.json()["data"]}
+    return {c["id"] for c in listed.json()["data"]}
 
 
 def pinned(spec: dict, url: str) -> dict:
