@@ -26,6 +26,7 @@ session asks of either is `SpeechNet`.
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -175,7 +176,7 @@ class SpeechDecoder(nn.Module):
         return self.mel(self.norm(x)).reshape(b, n * self.cfg.frames_per_token, self.cfg.n_mels)
 
 
-class SpeechNet(nn.Module):
+class SpeechNet(nn.Module, abc.ABC):
     """What a session runs of a speech adapter, whatever its networks (floe's `SpeechModel`, or
     Freeze-Omni's released ones, `FreezeOmniModel`): CMVN, one audio chunk per session through the
     encoder and adapter, the embeddings that open a user turn, and a phrase's speech. A session
@@ -194,16 +195,16 @@ class SpeechNet(nn.Module):
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.cmvn_mean) * self.cmvn_istd
 
+    @abc.abstractmethod
     def encode_stream(self, chunk: torch.Tensor, streams: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         """One CMVN'd chunk per row [B, chunk_frames, bins] of B sessions, each with its encoder
         stream (None when it starts) -> LLM embeddings [B, embeds_per_chunk, d_llm] and each row's
         next stream (a new object: a session may keep the old one to return to)."""
-        raise NotImplementedError  # abstract
 
+    @abc.abstractmethod
     def speak(self, llm: Any, states: torch.Tensor, text: str) -> torch.Tensor:
         """A phrase -> 24 kHz PCM float: the hidden states [n, d_llm] that predicted its n tokens,
         and its text; `llm` is the frozen base (a FrozenModel)."""
-        raise NotImplementedError  # abstract
 
 
 class SpeechModel(SpeechNet):

@@ -3,6 +3,7 @@ retry schedule and response parsing. No I/O here."""
 
 from __future__ import annotations
 
+import abc
 import email.utils
 import os
 import random
@@ -154,7 +155,7 @@ def openai_client(options: ClientOptions, class_name: str, **kwargs: Any) -> Any
     return getattr(openai, class_name)(**{**options.openai_kwargs(), **kwargs})
 
 
-class ClientBase:
+class ClientBase(abc.ABC):
     """The constructor `Floe` and `AsyncFloe` share: options from arguments and environment, one
     pooled httpx client (`_http_class`: httpx.Client or httpx.AsyncClient), then `_attach`."""
 
@@ -171,9 +172,9 @@ class ClientBase:
                                       headers=self.options.headers, transport=transport)
         self._attach()
 
+    @abc.abstractmethod
     def _attach(self) -> None:
         """Create the endpoint groups (`adapters`, `embeddings`, ...)."""
-        raise NotImplementedError
 
 
 class Resource:
