@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from floe.server.errors import NotReady
+
 log = logging.getLogger("floe.drain")
 
 BEAT_S = 0.5  # how often a gateway reads the mark and reports its requests in flight
@@ -85,8 +87,8 @@ class GatewayDrain:
             await asyncio.sleep(BEAT_S)
 
 
-_REFUSAL = json.dumps({"error": {"message": "the server is shutting down; retry on another replica",
-                                 "type": "service_unavailable", "param": None, "code": "draining"}}).encode()
+_REFUSAL = json.dumps(NotReady("the server is shutting down; retry on another replica",
+                               code="draining").body()).encode()
 
 
 class DrainGuard:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from floe.adapters.toolken import LoadedToolken
-from floe.server.engine.messages import OpenAICall, ResponseHead
+from floe.server.engine.messages import SSE_DONE, OpenAICall, ResponseHead, sse_json
 from floe.server.errors import InvalidRequest
 
 BAN = -100.0  # vLLM's (and OpenAI's) lowest logit_bias
@@ -147,9 +147,6 @@ def _usage(*parts: dict[str, Any] | None) -> dict[str, Any] | None:
             "total_tokens": prompt + completion}
 
 
-def _frame(event: dict[str, Any]) -> str:
-    return f"data: {json.dumps(event, separators=(',', ':'), ensure_ascii=False)}\n\n"
-
 
 def _event(item: str) -> dict[str, Any] | None:
     """The JSON object of one SSE frame; None for `[DONE]` (or anything that is not one)."""
@@ -213,7 +210,7 @@ async def _named(loaded: LoadedToolken, call: ToolkenCall) -> Frames:
             yield item
             continue
         event = _event(item)
-        yield item if event is None or "error" in event else _frame({**event, "model": model})
+        yield item if event is None or "error" in event else sse_json({**event, "model": model})
 
 
 async def _streamed(loaded: LoadedToolken, call: ToolkenCall, head: ResponseHead, frames: Frames) -> Frames:
@@ -232,7 +229,7 @@ async def _streamed(loaded: LoadedToolken, call: ToolkenCall, head: ResponseHead
         if row is None and choices and (hit := fired(loaded, call, choices[0])) is not None:
             row = hit
             if (choices[0].get("delta") or {}).get("content"):  # text that came with the stop
-                yield _frame({**event, "choices": [{**choices[0], "finish_reason": None, "stop_reason": None}]})
+                yield sse_json({**event, "choices": [{**choices[0], "finish_reason": None, "stop_reason": None}]})
             usage = event.get("usage") or usage
             continue
         if row is not None:  # after the tool token: the usage chunk, kept for the sum
@@ -252,9 +249,9 @@ async def _streamed_arguments(loaded: LoadedToolken, args: OpenAICall, meta: dic
     head = await anext(frames)
     if not isinstance(head, ResponseHead) or head.status != 200:  # the stream is open: an error event
         error = (head.body or {}).get("error") if isinstance(head, ResponseHead) else None
-        yield _frame({"error": {"message": "argument mode failed", "type": "BadRequestError", "code": 400,
+        yield sse_json({"error": {"message": "argument mode failed", "type": "BadRequestError", "code": 400,
                                 **(error or {})}})
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE
         return
     async for item in frames:
         assert isinstance(item, str)
@@ -275,4 +272,4 @@ async def _streamed_arguments(loaded: LoadedToolken, args: OpenAICall, meta: dic
             continue
         if event.get("usage"):
             event["usage"] = _usage(first_usage, event["usage"])
-        yield _frame({**event, "choices": choices})
+        yield sse_json({**event, "choices": choices})
